@@ -1,0 +1,181 @@
+"""HTTP routes: the documented Streamlit API and the bridge's additions. Routes only:
+parse, call the service, answer. Errors are `BridgeError`s, mapped in `app.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from bridge.chunks import decode_chunks
+from bridge.errors import InvalidInput, PayloadTooLarge
+from bridge.models import MessageIn, Template, describe_validation_error
+from bridge.responses import json_response, no_content
+from bridge.service import BridgeService
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1")
+
+M = TypeVar("M", bound=BaseModel)
+
+SessionPath = Annotated[str, "session id: [A-Za-z0-9_.:-]{1,128}"]
+
+
+def _service(request: Request) -> BridgeService:
+    service: BridgeService = request.app.state.service
+    return service
+
+
+async def _body(request: Request, model: type[M], limit: int) -> M:
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {limit}")
+    if not body:
+        raise InvalidInput(f"request body is empty: send a JSON object ({model.__name__})")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation_error(exc)) from None
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Declare a JSON body in the OpenAPI schema for routes that parse it themselves."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+def _body_limit(request: Request) -> int:
+    # JSON escaping can at most multiply text by 6 (\uXXXX); 4 KiB covers the other fields.
+    return _service(request).settings.max_message_bytes * 6 + 4096
+
+
+@router.post("/sessions/{session_id}", summary="Create a session (seeded with the welcome)")
+async def create_session(session_id: SessionPath, request: Request) -> Response:
+    messages = await _service(request).create_session(session_id)
+    return json_response([m.to_dict() for m in messages])
+
+
+@router.get("/sessions", summary="Every session id, in creation order")
+async def list_sessions(request: Request) -> Response:
+    return json_response(await _service(request).sessions())
+
+
+@router.get("/sessions/last", summary="The most recently created session id (a JSON string)")
+async def last_session(request: Request) -> Response:
+    return json_response(await _service(request).last_session())
+
+
+@router.get("/sessions/{session_id}", summary="Counters and subscribers of a session")
+async def session_info(session_id: SessionPath, request: Request) -> Response:
+    view = await _service(request).session(session_id)
+    return json_response(view.to_dict())
+
+
+@router.delete("/sessions/{session_id}", summary="Delete a session; subscribers get reset")
+async def delete_session(session_id: SessionPath, request: Request) -> Response:
+    await _service(request).delete_session(session_id)
+    return json_response({"deleted": session_id})
+
+
+@router.get("/sessions/{session_id}/messages", summary="The last `limit` messages (0: all)")
+async def session_messages(
+    session_id: SessionPath, request: Request, limit: Annotated[int, Query(ge=0)] = 0
+) -> Response:
+    messages = await _service(request).history(session_id, limit)
+    return json_response([m.to_dict() for m in messages])
+
+
+@router.get("/sessions/{session_id}/messages/last", summary="The newest message (of a role)")
+async def last_message(
+    session_id: SessionPath, request: Request, role: Annotated[str, Query(max_length=16)] = "any"
+) -> Response:
+    message = await _service(request).last_message(session_id, role)
+    return json_response(message.to_dict())
+
+
+@router.post(
+    "/sessions/{session_id}/messages",
+    summary="Publish a message (creates the session if new)",
+    openapi_extra=_schema(MessageIn),
+)
+async def post_message(
+    session_id: SessionPath,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> Response:
+    service = _service(request)
+    message = await _body(request, MessageIn, _body_limit(request))
+    stored = await service.post(session_id, message, idempotency_key)
+    return json_response(stored.to_dict())
+
+
+@router.post(
+    "/sessions/{session_id}/messages/stream",
+    summary="Publish a streamed reply from a chunked body (text or NDJSON {delta})",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def stream_message(
+    session_id: SessionPath,
+    request: Request,
+    role: Annotated[str, Query(max_length=16)] = "ai",
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> Response:
+    content_type = request.headers.get("content-type", "")
+    ndjson = content_type.split(";")[0].strip() in ("application/x-ndjson", "application/jsonl")
+    chunks = decode_chunks(request.stream(), ndjson=ndjson)
+    stored = await _service(request).stream(session_id, role, chunks, idempotency_key)
+    return json_response(stored.to_dict())
+
+
+async def _listen(request: Request, session_id: str | None, timeout: float | None) -> Response:
+    listened = await _service(request).listen(session_id, timeout)
+    return no_content() if listened is None else json_response(listened.to_dict())
+
+
+@router.get("/listen/message", summary="Wait for the next user message of any session")
+async def listen_any(
+    request: Request, timeout: Annotated[float | None, Query(ge=0, le=86400)] = None
+) -> Response:
+    return await _listen(request, None, timeout)
+
+
+@router.get("/sessions/{session_id}/listen", summary="Wait for the session's next user message")
+async def listen_session(
+    session_id: SessionPath,
+    request: Request,
+    timeout: Annotated[float | None, Query(ge=0, le=86400)] = None,
+) -> Response:
+    return await _listen(request, session_id, timeout)
+
+
+@router.post("/reset/messages", summary="Delete every session and its history")
+async def reset_messages(request: Request) -> Response:
+    await _service(request).reset_all()
+    return json_response({"reset": True})
+
+
+@router.post("/chats", summary="Set the chat template (applies live)", openapi_extra=_schema(Template))
+async def set_template(request: Request) -> Response:
+    template = await _body(request, Template, 64 * 1024)
+    saved = await _service(request).set_template(template)
+    return json_response(saved.model_dump())
+
+
+@router.get("/chats", summary="The chat template in force")
+async def get_template(request: Request) -> Response:
+    return json_response(_service(request).template.model_dump())

@@ -1,0 +1,81 @@
+"""`create_app(settings)`: the one place where the bridge's objects are wired together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+
+from bridge import api, health, ws
+from bridge.broker import open_broker
+from bridge.errors import BridgeError, RateLimited
+from bridge.hub import Hub
+from bridge.metrics import Metrics
+from bridge.responses import json_response
+from bridge.service import BridgeService
+from bridge.settings import Settings
+from bridge.storage import open_storage
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("bridge")
+
+CLOSE_GOING_AWAY = 1001
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the ASGI app; storage opens and closes with the app's lifespan."""
+    metrics = Metrics()
+    storage = open_storage(settings.store, settings)
+    broker = open_broker(settings.store, settings)
+    hub = Hub(max_pending=settings.subscriber_buffer, metrics=metrics)
+    service = BridgeService(settings, storage, broker, hub, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await storage.open()
+        try:
+            await service.start()
+            yield
+        finally:
+            await hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down")
+            await broker.close()
+            await storage.close()
+
+    app = FastAPI(
+        title="streamlit-bridge",
+        version="0.1.0",
+        summary="The documented Langflow 'Streamlit API' plus a WebSocket hub keyed by session.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.include_router(health.router)
+    app.include_router(api.router)
+    app.include_router(ws.router)
+    app.add_exception_handler(BridgeError, _bridge_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app
+
+
+async def _bridge_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BridgeError)
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if exc.status >= 500:
+        log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
+    return json_response({"detail": exc.detail}, exc.status, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return json_response({"detail": "; ".join(parts)}, 422)

@@ -1,0 +1,138 @@
+"""Messages, the chat template and session ids: validation only, no I/O."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge.errors import InvalidInput
+
+__all__ = [
+    "ROLES",
+    "Draft",
+    "MessageIn",
+    "SessionInfo",
+    "StoredMessage",
+    "Template",
+    "check_session_id",
+    "describe_validation_error",
+]
+
+ROLES = ("ai", "user")
+Role = Literal["ai", "user"]
+MessageType = Literal["text", "image"]
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def check_session_id(session_id: str) -> str:
+    """Return `session_id` if it is a valid id, else raise `InvalidInput` saying why.
+
+    Ids never reach a file path, but `.` and `..` are refused anyway so that no layer
+    (a proxy, a log tool, a future backend) can be tricked by them.
+    """
+    if not _SESSION_ID.fullmatch(session_id) or session_id in (".", ".."):
+        shown = session_id if len(session_id) <= 40 else session_id[:40] + "..."
+        raise InvalidInput(
+            f"invalid session id {shown!r} ({len(session_id)} chars): "
+            "use 1-128 of A-Z a-z 0-9 _ . : - and not '.' or '..'"
+        )
+    return session_id
+
+
+class MessageIn(BaseModel):
+    """A message as a client posts it (HTTP body or WebSocket `message` event)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    role: Role
+    content: str
+    type: MessageType = "text"
+    id: str | None = Field(default=None, pattern=_MESSAGE_ID.pattern, max_length=128)
+
+
+class Template(BaseModel):
+    """The chat template of the documented `POST /api/v1/chats`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    welcome_msg: str = Field(default="Hi! How can I help you today?", max_length=10_000)
+    input_msg: str = Field(default="Type a message", max_length=1_000)
+    write_speed: float = Field(default=0.05, ge=0.0, le=5.0)
+    ai_avatar: str | None = Field(default=None, max_length=64)
+    user_avatar: str | None = Field(default=None, max_length=64)
+    port: int = Field(default=5001, ge=1, le=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A validated message not yet stored; `key` makes its publication idempotent."""
+
+    role: str
+    content: str
+    type: str = "text"
+    id: str = ""
+    key: str | None = None
+
+    @classmethod
+    def build(
+        cls, role: str, content: str, type: str = "text", id: str | None = None,
+        key: str | None = None,
+    ) -> Draft:
+        """A draft with a fresh id unless one is given; the key defaults to a given id."""
+        return cls(role, content, type, id or uuid.uuid4().hex, key or id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored: the documented `{role, content, type}` plus identity and order."""
+
+    id: str
+    session_id: str
+    seq: int
+    role: str
+    content: str
+    type: str
+    created_at: float
+
+    @classmethod
+    def from_draft(cls, session_id: str, seq: int, draft: Draft) -> StoredMessage:
+        """The stored form of `draft` as message number `seq` of `session_id`."""
+        return cls(draft.id, session_id, seq, draft.role, draft.content, draft.type, time.time())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object clients receive."""
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "seq": self.seq,
+            "role": self.role,
+            "content": self.content,
+            "type": self.type,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the store knows about one session."""
+
+    session_id: str
+    created_at: float
+    last_seq: int
+    message_count: int
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable sentence per problem, e.g. `role: must be one of 'ai', 'user'`."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)

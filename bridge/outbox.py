@@ -1,0 +1,132 @@
+"""Writing frames to one WebSocket without a task per frame, with a bounded backlog.
+
+The fan-out loop calls `Outbox.put(frame)` for every subscriber. While a socket keeps up,
+the ASGI send completes without suspending (the server only suspends it when the
+transport's write buffer is over its high-water mark), so `put` runs the send coroutine's
+first step inline: no task, no queue, the cost of a plain send loop. Only when a send does
+suspend does the outbox start one drain task that finishes it and then empties the
+backlog; frames put meanwhile wait there. A backlog over its frame or byte bound marks
+the outbox overflowed: the hub then closes that socket with 4000 and the rest of the
+session is never held up by it (a plain `await send` loop would stall every subscriber
+behind the slowest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+__all__ = ["Outbox"]
+
+SendCoroutine = Coroutine[Any, Any, None]
+
+
+class Outbox:
+    """The outgoing side of one subscriber's socket."""
+
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_drainer",
+        "_max_bytes",
+        "_max_frames",
+        "_send",
+        "closed",
+        "overflowed",
+    )
+
+    def __init__(
+        self, send: Callable[[str], SendCoroutine], *, max_frames: int, max_bytes: int
+    ) -> None:
+        self._send = send
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._backlog: deque[str] = deque()
+        self._backlog_bytes = 0
+        self._drainer: asyncio.Task[None] | None = None
+        self.closed = False
+        self.overflowed = False
+
+    @property
+    def backlog(self) -> int:
+        """Frames waiting for the socket."""
+        return len(self._backlog)
+
+    def put(self, frame: str) -> bool:
+        """Write or queue `frame`. False if the outbox is closed or has just overflowed."""
+        if self.closed:
+            return False
+        if self._drainer is not None:
+            if (
+                len(self._backlog) >= self._max_frames
+                or self._backlog_bytes + len(frame) > self._max_bytes
+            ):
+                self.overflowed = self.closed = True
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                return False
+            self._backlog.append(frame)
+            self._backlog_bytes += len(frame)
+            return True
+        coro = self._send(frame)
+        try:
+            blocker = coro.send(None)
+        except StopIteration:
+            return True
+        except Exception:
+            # The socket is gone; its receive loop sees the disconnect and unsubscribes.
+            self.closed = True
+            return False
+        self._drainer = asyncio.get_running_loop().create_task(self._drain(coro, blocker))
+        return True
+
+    async def send(self, frame: str) -> None:
+        """Write `frame` waiting for the socket (history replay, before going live)."""
+        if self._drainer is not None:
+            await asyncio.shield(self._drainer)
+        await self._send(frame)
+
+    async def aclose(self) -> None:
+        """Stop writing; drop the backlog."""
+        self.closed = True
+        self._backlog.clear()
+        if self._drainer is not None:
+            self._drainer.cancel()
+            await asyncio.gather(self._drainer, return_exceptions=True)
+
+    async def _drain(self, coro: SendCoroutine, blocker: Any) -> None:
+        try:
+            await _finish(coro, blocker)
+            while self._backlog and not self.closed:
+                frame = self._backlog.popleft()
+                self._backlog_bytes -= len(frame)
+                await self._send(frame)
+        except Exception:
+            self.closed = True
+        finally:
+            self._drainer = None
+
+
+async def _finish(coro: SendCoroutine, blocker: Any) -> None:
+    """Run to its end a coroutine whose first step, run inline, suspended on `blocker`.
+
+    This is what an asyncio Task does on each step, done by hand because the first step
+    already ran outside any task (Python 3.12's eager tasks do the same thing).
+    """
+    try:
+        while True:
+            try:
+                if blocker is None:  # a bare yield, as in asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                else:
+                    await blocker
+            except BaseException as exc:  # hand cancellation and errors to the coroutine
+                blocker = coro.throw(exc)
+            else:
+                blocker = coro.send(None)
+    except StopIteration:
+        return
+    finally:
+        coro.close()

@@ -1,0 +1,57 @@
+"""Running the app under uvicorn, with the bridge's shutdown order."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+
+from bridge.app import CLOSE_GOING_AWAY, create_app
+from bridge.service import BridgeService
+from bridge.settings import Settings
+
+__all__ = ["serve"]
+
+log = logging.getLogger("bridge")
+
+
+class _BridgeServer(uvicorn.Server):
+    """uvicorn would close every WebSocket with 1012 on SIGTERM; the protocol promises
+    1001 ("reconnect with after"), so subscribers are closed first, then uvicorn lets
+    in-flight requests (and so their commits) finish before the lifespan closes storage."""
+
+    def __init__(self, config: uvicorn.Config, service: BridgeService) -> None:
+        super().__init__(config)
+        self._service = service
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._service.hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down")
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings, *, access_log: bool = False) -> None:
+    """Serve the bridge until SIGINT or SIGTERM."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=settings.ping_interval_s or None,
+        ws_ping_timeout=settings.ping_timeout_s or None,
+        # Compression costs ~30 KiB per socket and CPU per frame; chat text is small.
+        ws_per_message_deflate=False,
+        log_level=settings.log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=10,
+    )
+    scheme_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info(
+        "streamlit-bridge on http://%s:%d (store %s; API key %s)",
+        scheme_host, settings.port, app.state.service.storage.url,
+        "on" if settings.api_key else "off",
+    )
+    _BridgeServer(config, app.state.service).run()

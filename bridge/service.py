@@ -1,0 +1,345 @@
+"""The bridge's use cases; the one place that orders "store, then publish".
+
+Every message of a session is stored and published while holding that session's lock,
+so `seq` order and publish order are the same on every socket, however many requests
+race. The store-then-publish step is shielded from cancellation: a client that hangs up
+after its message was committed cannot leave it committed but unpublished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from bridge.broker import Broker
+from bridge.errors import InvalidInput, NotFound, PayloadTooLarge
+from bridge.events import ALL_SESSIONS, Event
+from bridge.hub import Hub
+from bridge.listen import ListenBoard
+from bridge.metrics import Metrics
+from bridge.models import (
+    ROLES,
+    Draft,
+    MessageIn,
+    SessionInfo,
+    StoredMessage,
+    Template,
+    check_session_id,
+)
+from bridge.ordering import KeyedLocks
+from bridge.settings import Settings
+from bridge.storage import Storage
+
+__all__ = ["BridgeService", "Listened", "SessionView"]
+
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
+@dataclass(frozen=True, slots=True)
+class Listened:
+    """What a Listen call receives: the claimed message and the messages before it."""
+
+    message: StoredMessage
+    history: list[StoredMessage]
+
+    def to_dict(self) -> dict[str, object]:
+        """The documented Listen answer (plus id, seq and created_at)."""
+        return {
+            **self.message.to_dict(),
+            "history": [m.to_dict() for m in self.history],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A session's counters plus its live subscriber count."""
+
+    info: SessionInfo
+    subscribers: int
+    epoch: str
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON of `GET /api/v1/sessions/{id}`."""
+        return {
+            "session_id": self.info.session_id,
+            "created_at": self.info.created_at,
+            "last_seq": self.info.last_seq,
+            "message_count": self.info.message_count,
+            "subscribers": self.subscribers,
+            "epoch": self.epoch,
+        }
+
+
+class BridgeService:
+    """Sessions, messages, streams, Listen and the template, over a store and a broker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        broker: Broker,
+        hub: Hub,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.broker = broker
+        self.hub = hub
+        self.metrics = metrics
+        self._locks = KeyedLocks()
+        self._listen = ListenBoard(max_waiters=settings.listen_waiters_max)
+        self._template = Template()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the template and begin receiving events from the broker."""
+        self._template = await self.storage.load_template() or Template()
+        await self.broker.start(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        self.hub.dispatch(event)
+        if event.user_message:
+            self._listen.notify()
+        elif event.kind == "template":
+            self._template = Template.model_validate(event.data["template"])
+
+    @property
+    def template(self) -> Template:
+        """The chat template in force."""
+        return self._template
+
+    def _welcome(self) -> tuple[Draft, ...]:
+        text = self._template.welcome_msg
+        return (Draft.build("ai", text),) if text else ()
+
+    # -- validation --------------------------------------------------------------------
+
+    def _check_content(self, content: str) -> None:
+        size = len(content.encode("utf-8", "surrogatepass"))
+        if size > self.settings.max_message_bytes:
+            raise PayloadTooLarge(
+                f"content is {size} bytes; the limit is {self.settings.max_message_bytes}"
+            )
+
+    @staticmethod
+    def _check_key(key: str | None) -> str | None:
+        if key is None:
+            return None
+        if not 1 <= len(key) <= 128 or not set(key) <= _KEY_CHARS:
+            raise InvalidInput("Idempotency-Key must be 1-128 of A-Z a-z 0-9 _ . : -")
+        return key
+
+    @staticmethod
+    def _check_role(role: str) -> str:
+        if role not in ROLES:
+            raise InvalidInput(f"unknown role {role[:40]!r}: use one of {', '.join(ROLES)}")
+        return role
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def epoch(self, info: SessionInfo) -> str:
+        """The epoch of one session's history: the store's epoch and the session's birth.
+        A session deleted and created again has a new one, so old `after` values are void."""
+        return f"{self.storage.epoch}.{round(info.created_at * 1e6)}"
+
+    async def create_session(self, session_id: str) -> list[StoredMessage]:
+        """Create the session with the welcome message if new; return its messages."""
+        check_session_id(session_id)
+        created = await asyncio.shield(self._create_and_publish(session_id))
+        if created is not None:
+            return list(created)
+        return await self.storage.history(session_id)
+
+    async def _create_and_publish(self, session_id: str) -> tuple[StoredMessage, ...] | None:
+        async with self._locks(session_id):
+            created = await self.storage.create_session(session_id, self._welcome())
+            for message in created or ():
+                await self.broker.publish(Event.message(message))
+            if created:
+                self.metrics.messages.inc(len(created))
+            return created
+
+    async def ensure_session(self, session_id: str) -> SessionInfo:
+        """The session's counters, creating it (with the welcome message) if new."""
+        info = await self.storage.session_info(check_session_id(session_id))
+        if info is None:
+            await self.create_session(session_id)
+            info = await self.storage.session_info(session_id)
+        if info is None:  # deleted again in between; report rather than guess
+            raise NotFound(f"session {session_id!r} was deleted while it was being opened")
+        return info
+
+    async def session(self, session_id: str) -> SessionView:
+        """Counters and subscribers of an existing session."""
+        info = await self.storage.session_info(check_session_id(session_id))
+        if info is None:
+            raise NotFound(f"no session {session_id!r}")
+        subscribers = await self.broker.presence(session_id, 0)
+        return SessionView(info, subscribers, self.epoch(info))
+
+    async def sessions(self) -> list[str]:
+        """Every session id in creation order."""
+        return await self.storage.sessions()
+
+    async def last_session(self) -> str:
+        """The most recently created session id."""
+        last = await self.storage.last_session()
+        if last is None:
+            raise NotFound("no session has been created yet")
+        return last
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete a session and its history; its subscribers get `reset`."""
+        check_session_id(session_id)
+        async with self._locks(session_id):
+            if not await self.storage.delete_session(session_id):
+                raise NotFound(f"no session {session_id!r}")
+            await self.broker.publish(Event.of(session_id, "reset"))
+
+    async def reset_all(self) -> None:
+        """Delete every session (the documented `POST /reset/messages`)."""
+        await self.storage.reset()
+        await self.broker.publish(Event.of(ALL_SESSIONS, "reset"))
+
+    async def history(self, session_id: str, limit: int = 0) -> list[StoredMessage]:
+        """The last `limit` messages of an existing session (0: all that are kept)."""
+        check_session_id(session_id)
+        if limit < 0:
+            raise InvalidInput("limit must be 0 (all) or a positive number")
+        messages = await self.storage.history(session_id, last=limit or None)
+        if not messages and await self.storage.session_info(session_id) is None:
+            raise NotFound(f"no session {session_id!r}")
+        return messages
+
+    async def last_message(self, session_id: str, role: str = "any") -> StoredMessage:
+        """The newest message of the session, of `role` unless it is `any`."""
+        check_session_id(session_id)
+        wanted = None if role == "any" else self._check_role(role)
+        message = await self.storage.last_message(session_id, wanted)
+        if message is None:
+            what = "message" if wanted is None else f"{wanted!r} message"
+            raise NotFound(f"session {session_id!r} has no {what}")
+        return message
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def post(
+        self, session_id: str, message: MessageIn, idempotency_key: str | None = None
+    ) -> StoredMessage:
+        """Store `message` as the session's next one (creating the session if new) and
+        publish it. A repeated idempotency key returns the first result instead."""
+        check_session_id(session_id)
+        self._check_content(message.content)
+        key = self._check_key(idempotency_key) or message.id
+        draft = Draft.build(message.role, message.content, message.type, message.id, key)
+        return await asyncio.shield(self._append_and_publish(session_id, draft, None))
+
+    async def _append_and_publish(
+        self, session_id: str, draft: Draft, stream_id: str | None
+    ) -> StoredMessage:
+        async with self._locks(session_id):
+            appended = await self.storage.append(session_id, draft, self._welcome())
+            if appended.duplicate and stream_id is not None:
+                await self.broker.publish(Event.of(
+                    session_id, "stream.abort", stream_id=stream_id,
+                    detail="duplicate: this idempotency key was already stored",
+                ))
+            for stored in appended.stored:
+                if stream_id is not None and stored.id == draft.id:
+                    await self.broker.publish(Event.stream_end(stream_id, stored))
+                else:
+                    await self.broker.publish(Event.message(stored))
+        if appended.duplicate:
+            self.metrics.duplicates.inc()
+        else:
+            self.metrics.messages.inc(len(appended.stored))
+        return appended.message
+
+    async def stream(
+        self,
+        session_id: str,
+        role: str,
+        chunks: AsyncIterator[str],
+        idempotency_key: str | None = None,
+    ) -> StoredMessage:
+        """Publish a reply as it arrives, chunk by chunk, then store it whole.
+
+        If the chunks fail (bad input, too large, the sender hung up) subscribers get
+        `stream.abort` and nothing is stored.
+        """
+        check_session_id(session_id)
+        self._check_role(role)
+        key = self._check_key(idempotency_key)
+        await self.ensure_session(session_id)
+        stream_id = uuid.uuid4().hex
+        await self.broker.publish(Event.of(session_id, "stream.start", stream_id=stream_id,
+                                           role=role))
+        parts: list[str] = []
+        size = 0
+        try:
+            async for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk.encode("utf-8", "surrogatepass"))
+                if size > self.settings.max_message_bytes:
+                    raise PayloadTooLarge(
+                        f"streamed reply exceeds {self.settings.max_message_bytes} bytes"
+                    )
+                parts.append(chunk)
+                await self.broker.publish(
+                    Event.of(session_id, "stream.delta", stream_id=stream_id, delta=chunk)
+                )
+        except BaseException as exc:
+            detail = getattr(exc, "detail", None) or "the sender stopped before the end"
+            abort = Event.of(session_id, "stream.abort", stream_id=stream_id, detail=detail)
+            await asyncio.shield(self.broker.publish(abort))
+            raise
+        draft = Draft(role, "".join(parts), "text", stream_id, key)
+        return await asyncio.shield(self._append_and_publish(session_id, draft, stream_id))
+
+    # -- Listen --------------------------------------------------------------------------
+
+    async def listen(self, session_id: str | None, timeout: float | None) -> Listened | None:
+        """The oldest user message no Listen call has had yet (of one session or of any),
+        waiting up to `timeout` seconds (capped by settings); None if none came."""
+        if session_id is not None:
+            check_session_id(session_id)
+        wait = self.settings.listen_timeout_default_s if timeout is None else timeout
+        if wait < 0:
+            raise InvalidInput("timeout must be 0 or more seconds")
+        wait = min(wait, self.settings.listen_timeout_max_s)
+        self.metrics.listen_waiting.inc()
+        try:
+            message = await self._listen.wait(
+                lambda: self.storage.claim_listen(session_id), wait
+            )
+        finally:
+            self.metrics.listen_waiting.dec()
+        if message is None:
+            return None
+        history = await self.storage.history(
+            message.session_id, before=message.seq, last=self.settings.listen_history_limit
+        )
+        return Listened(message, history)
+
+    # -- template ------------------------------------------------------------------------
+
+    async def set_template(self, template: Template) -> Template:
+        """Store the template and push it to every subscriber; nothing restarts."""
+        await self.storage.save_template(template)
+        self._template = template
+        await self.broker.publish(
+            Event.of(ALL_SESSIONS, "template", template=template.model_dump())
+        )
+        return template
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def presence_changed(self, session_id: str, delta: int) -> int:
+        """Count a subscriber in or out and tell the session's subscribers."""
+        count = await self.broker.presence(session_id, delta)
+        await self.broker.publish(Event.of(session_id, "presence", subscribers=count))
+        return count

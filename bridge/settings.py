@@ -1,0 +1,118 @@
+"""One frozen settings object; the only place that reads `BRIDGE_*` environment variables.
+
+Every field is a CLI flag of `streamlit-bridge serve` and an environment variable named
+`BRIDGE_` + the field name in upper case (`max_message_bytes` -> `BRIDGE_MAX_MESSAGE_BYTES`).
+Flags win over the environment, the environment over the defaults. Every limit is bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from bridge.errors import InvalidInput
+
+__all__ = ["DEFAULT_STORE", "Settings"]
+
+DEFAULT_STORE = "sqlite:///data/bridge.db"
+
+
+def _default_origins() -> tuple[str, ...]:
+    return tuple(
+        f"http://{host}:5001" for host in ("localhost", "127.0.0.1", "[::1]")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of one bridge process. Build with `Settings.load(env, **overrides)`."""
+
+    host: str = "127.0.0.1"
+    port: int = 7881
+    store: str = DEFAULT_STORE
+    api_key: str | None = None
+    allowed_origins: tuple[str, ...] = field(default_factory=_default_origins)
+    token_ttl_s: int = 3600
+    max_message_bytes: int = 256 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    subscriber_buffer: int = 1000
+    subscriber_buffer_bytes: int = 4 * 1024 * 1024
+    history_limit: int = 10_000
+    listen_timeout_default_s: float = 120.0
+    listen_timeout_max_s: float = 600.0
+    listen_history_limit: int = 100
+    listen_waiters_max: int = 1000
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 20.0
+    rate_limit_per_s: float = 0.0
+    rate_limit_burst: int = 50
+    commit_batch_max: int = 512
+    sqlite_synchronous: str = "FULL"
+    log_level: str = "info"
+
+    @classmethod
+    def load(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Defaults, then `BRIDGE_*` from `env`, then `overrides` that are not None."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"BRIDGE_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw, _field_type(f))
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise `InvalidInput` naming the first setting that is out of its range."""
+        bounds = {
+            "port": (0, 65535),
+            "token_ttl_s": (1, 30 * 86400),
+            "max_message_bytes": (1, 16 * 1024 * 1024),
+            "max_frame_bytes": (1024, 64 * 1024 * 1024),
+            "subscriber_buffer": (1, 1_000_000),
+            "subscriber_buffer_bytes": (1024, 1024**3),
+            "history_limit": (1, 10_000_000),
+            "listen_timeout_default_s": (0, 86400),
+            "listen_timeout_max_s": (0, 86400),
+            "listen_history_limit": (0, 100_000),
+            "listen_waiters_max": (1, 100_000),
+            "ping_interval_s": (0, 3600),
+            "ping_timeout_s": (0, 3600),
+            "rate_limit_per_s": (0, 1_000_000),
+            "rate_limit_burst": (1, 1_000_000),
+            "commit_batch_max": (1, 100_000),
+        }
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise InvalidInput(f"setting {name}={value} is outside {low}..{high}")
+        if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise InvalidInput("setting sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied and checked."""
+        settings = dataclasses.replace(self, **changes)
+        settings.check()
+        return settings
+
+
+def _field_type(f: dataclasses.Field[Any]) -> str:
+    return str(f.type)
+
+
+def _parse(name: str, raw: str, type_name: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        if type_name.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise InvalidInput(f"BRIDGE_{name.upper()}={raw!r} is not a {type_name}") from None
+    return raw

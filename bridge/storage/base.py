@@ -1,0 +1,119 @@
+"""The typed interface every store implements, and what an append returns.
+
+A store owns everything that must outlive a process: sessions, their messages and
+`seq` counters, idempotency keys, the Listen backlog, the template and the epoch.
+Each backend passes the one contract suite in `tests/test_storage_contract.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.models import Draft, SessionInfo, StoredMessage, Template
+
+__all__ = ["Appended", "Storage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The outcome of `Storage.append`.
+
+    `stored` lists what this call stored, in `seq` order: the welcome messages first when
+    the call created the session, then the message itself. It is empty for a duplicate.
+    `message` is the stored form of the draft, the first one when `duplicate` is true.
+    """
+
+    message: StoredMessage
+    stored: tuple[StoredMessage, ...]
+    duplicate: bool
+
+
+class Storage(Protocol):
+    """Durable state of the bridge. Every method may raise `StorageUnavailable`."""
+
+    @property
+    def epoch(self) -> str:
+        """Names the lifetime of this history; it changes only if history was lost."""
+        ...
+
+    @property
+    def url(self) -> str:
+        """The store's URL with any password removed (for logs and /readyz)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and create what is missing. Called once before any other method."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release resources."""
+        ...
+
+    async def ping(self) -> None:
+        """Return if the store answers, else raise `StorageUnavailable`."""
+        ...
+
+    async def create_session(
+        self, session_id: str, seed: Sequence[Draft]
+    ) -> tuple[StoredMessage, ...] | None:
+        """Create the session with `seed` as its first messages; None if it existed."""
+        ...
+
+    async def append(self, session_id: str, draft: Draft, seed: Sequence[Draft]) -> Appended:
+        """Store `draft` as the session's next message, creating the session with `seed`
+        first if it is new. A draft whose `key` was already stored for this session is a
+        duplicate: nothing is stored and the first message is returned. When this returns,
+        the write is durable as far as the backend promises."""
+        ...
+
+    async def history(
+        self,
+        session_id: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        last: int | None = None,
+    ) -> list[StoredMessage]:
+        """Messages with `after < seq < before`, oldest first; with `last`, only the
+        newest `last` of them. An unknown session has none."""
+        ...
+
+    async def last_message(self, session_id: str, role: str | None) -> StoredMessage | None:
+        """The newest message of the session (of `role` if given)."""
+        ...
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """Counters of one session, None if unknown."""
+        ...
+
+    async def sessions(self) -> list[str]:
+        """Every session id, in creation order."""
+        ...
+
+    async def last_session(self) -> str | None:
+        """The most recently created session id."""
+        ...
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete one session, its messages, keys and Listen backlog; False if unknown."""
+        ...
+
+    async def reset(self) -> None:
+        """Delete every session. The epoch stays: seqs of new sessions start at 1 again,
+        and subscribers were told by a `reset` event."""
+        ...
+
+    async def load_template(self) -> Template | None:
+        """The stored chat template, None if none was ever saved."""
+        ...
+
+    async def save_template(self, template: Template) -> None:
+        """Store the chat template durably."""
+        ...
+
+    async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
+        """Take the oldest `user` message no Listen call has taken yet (of one session,
+        or of any), so that each is handed out exactly once. None if there is none."""
+        ...

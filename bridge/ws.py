@@ -1,0 +1,153 @@
+"""The WebSocket route `/api/v1/sessions/{id}/ws?after=N`: hello, replay, then live.
+
+Frames are JSON text with an `event` field (protocol.md section 3). Bad client frames get
+an `error` event and the socket stays open; policy failures close it with the code of
+the `BridgeError` (protocol.md section 6).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from pydantic import ValidationError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from bridge.errors import BridgeError, InvalidInput
+from bridge.events import Event
+from bridge.hub import Subscriber
+from bridge.models import MessageIn, check_session_id, describe_validation_error
+from bridge.outbox import Outbox
+from bridge.service import BridgeService
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1")
+
+_REPLAY_PAGE = 500
+_PONG = json.dumps({"event": "pong"})
+
+
+def _error(detail: str) -> str:
+    return json.dumps({"event": "error", "detail": detail}, ensure_ascii=False)
+
+
+@router.websocket("/sessions/{session_id}/ws")
+async def session_socket(websocket: WebSocket, session_id: str, after: str | None = None) -> None:
+    """Subscribe to one session."""
+    service: BridgeService = websocket.app.state.service
+    try:
+        check_session_id(session_id)
+        start = _parse_after(after)
+        authorize = getattr(websocket.app.state, "authorize_socket", None)
+        if authorize is not None:
+            authorize(websocket, session_id)
+        info = await service.ensure_session(session_id)
+    except BridgeError as exc:
+        await websocket.accept()
+        await websocket.close(exc.close_code, exc.detail[:120])
+        return
+    await websocket.accept()
+
+    async def close(code: int, reason: str) -> None:
+        if websocket.client_state == WebSocketState.CONNECTED:
+            await websocket.close(code, reason)
+
+    settings = service.settings
+    outbox = Outbox(
+        websocket.send_text,
+        max_frames=settings.subscriber_buffer,
+        max_bytes=settings.subscriber_buffer_bytes,
+    )
+    async with service.hub.subscribe(session_id, outbox, close) as sub:
+        try:
+            subscribers = await service.presence_changed(session_id, +1)
+            try:
+                await _hello_and_replay(service, sub, info.last_seq, start, subscribers)
+                await _receive(websocket, service, sub)
+            finally:
+                await service.presence_changed(session_id, -1)
+        except WebSocketDisconnect:
+            return
+
+
+def _parse_after(after: str | None) -> int:
+    if after is None or after == "":
+        return 0
+    try:
+        value = int(after)
+    except ValueError:
+        raise InvalidInput(f"after must be a whole number, not {after[:20]!r}") from None
+    if value < 0:
+        raise InvalidInput("after must be 0 or more")
+    return value
+
+
+async def _hello_and_replay(
+    service: BridgeService, sub: Subscriber, last_seq: int, start: int, subscribers: int
+) -> None:
+    """Send hello and every stored message after `start`, then go live.
+
+    The subscriber joined the hub before this reads storage, so a message stored
+    meanwhile is either read here or held for `go_live`; `seq` drops the overlap.
+    """
+    info = await service.storage.session_info(sub.session_id)
+    bound = info.last_seq if info is not None else last_seq
+    epoch = service.epoch(info) if info is not None else ""
+    await sub.outbox.send(
+        Event.of(
+            sub.session_id, "hello",
+            session_id=sub.session_id, epoch=epoch, last_seq=bound,
+            template=service.template.model_dump(), subscribers=subscribers,
+        ).frame
+    )
+    replayed: set[str] = set()
+    cursor = start
+    while cursor < bound:
+        page = await service.storage.history(
+            sub.session_id, after=cursor, before=cursor + _REPLAY_PAGE + 1
+        )
+        for message in page:
+            await sub.outbox.send(Event.message(message).frame)
+            sub.last_seq = message.seq
+            replayed.add(message.id)
+        cursor = page[-1].seq if page else cursor + _REPLAY_PAGE
+    service.hub.go_live(sub, replayed)
+
+
+async def _receive(websocket: WebSocket, service: BridgeService, sub: Subscriber) -> None:
+    while True:
+        frame = await websocket.receive()
+        if frame["type"] == "websocket.disconnect":
+            return
+        text = frame.get("text")
+        if text is None:
+            sub.outbox.put(_error("send JSON text frames, not binary"))
+            continue
+        try:
+            await _handle(text, service, sub)
+        except BridgeError as exc:
+            sub.outbox.put(_error(exc.detail))
+
+
+async def _handle(text: str, service: BridgeService, sub: Subscriber) -> None:
+    try:
+        data: Any = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"frame is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput('a frame must be a JSON object with an "event" field')
+    kind = data.pop("event", None)
+    if kind == "ping":
+        sub.outbox.put(_PONG)
+    elif kind == "message":
+        try:
+            message = MessageIn.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput(describe_validation_error(exc)) from None
+        await service.post(sub.session_id, message)
+    else:
+        raise InvalidInput(f"unknown event {str(kind)[:40]!r}: send 'message' or 'ping'")
+
+
