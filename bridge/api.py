@@ -179,3 +179,16 @@ async def set_template(request: Request) -> Response:
 @router.get("/chats", summary="The chat template in force")
 async def get_template(request: Request) -> Response:
     return json_response(_service(request).template.model_dump())
+
+
+@router.api_route(
+    "/sessions/{rest:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def bad_session_path(rest: str) -> Response:
+    """Any other path under /sessions: most often an id with a `/` in it."""
+    raise InvalidInput(
+        f"no such route /api/v1/sessions/{rest[:80]}: session ids are 1-128 of "
+        "A-Z a-z 0-9 _ . : - (no '/'); URL-encode nothing else"
+    )

@@ -8,9 +8,11 @@ message posted on one instance reaches subscribers on all of them. Chosen by sto
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from bridge.events import ALL_SESSIONS, Event
+from bridge.ordering import KeyedLocks
 from bridge.settings import Settings
 
 __all__ = ["ALL_SESSIONS", "Broker", "Deliver", "LocalBroker", "open_broker"]
@@ -32,6 +34,11 @@ class Broker(Protocol):
         """Add `delta` to the session's subscriber count; return the count over all instances."""
         ...
 
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """Held by the service from storing a session's message until it is published, so
+        that publish order is `seq` order on every instance."""
+        ...
+
     async def close(self) -> None:
         """Stop delivering and release resources."""
         ...
@@ -43,6 +50,10 @@ class LocalBroker:
     def __init__(self) -> None:
         self._deliver: Deliver | None = None
         self._presence: dict[str, int] = {}
+        self._locks = KeyedLocks()
+
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        return self._locks(session_id)
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver

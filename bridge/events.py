@@ -56,7 +56,7 @@ class Event:
         )
 
     @classmethod
-    def of(cls, session_id: str, kind: str, **data: Any) -> Event:
+    def of(cls, session_id: str, kind: str, /, **data: Any) -> Event:
         """Any other event: `stream.start`, `stream.delta`, `template`, `presence`, ..."""
         return cls(session_id, kind, data)
 

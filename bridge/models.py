@@ -54,7 +54,7 @@ class MessageIn(BaseModel):
     role: Role
     content: str
     type: MessageType = "text"
-    id: str | None = Field(default=None, pattern=_MESSAGE_ID.pattern, max_length=128)
+    id: str | None = Field(default=None, pattern=f"^{_MESSAGE_ID.pattern}$", max_length=128)
 
 
 class Template(BaseModel):

@@ -1,8 +1,8 @@
 """The bridge's use cases; the one place that orders "store, then publish".
 
-Every message of a session is stored and published while holding that session's lock,
-so `seq` order and publish order are the same on every socket, however many requests
-race. The store-then-publish step is shielded from cancellation: a client that hangs up
+Every message of a session is stored and published while holding that session's lock
+(`Broker.lock`: per process, or across instances with Redis), so `seq` order and publish
+order are the same on every socket, however many requests race. The store-then-publish step is shielded from cancellation: a client that hangs up
 after its message was committed cannot leave it committed but unpublished.
 """
 
@@ -28,7 +28,6 @@ from bridge.models import (
     Template,
     check_session_id,
 )
-from bridge.ordering import KeyedLocks
 from bridge.settings import Settings
 from bridge.storage import Storage
 
@@ -88,7 +87,6 @@ class BridgeService:
         self.broker = broker
         self.hub = hub
         self.metrics = metrics
-        self._locks = KeyedLocks()
         self._listen = ListenBoard(max_waiters=settings.listen_waiters_max)
         self._template = Template()
 
@@ -154,7 +152,7 @@ class BridgeService:
         return await self.storage.history(session_id)
 
     async def _create_and_publish(self, session_id: str) -> tuple[StoredMessage, ...] | None:
-        async with self._locks(session_id):
+        async with self.broker.lock(session_id):
             created = await self.storage.create_session(session_id, self._welcome())
             for message in created or ():
                 await self.broker.publish(Event.message(message))
@@ -194,7 +192,7 @@ class BridgeService:
     async def delete_session(self, session_id: str) -> None:
         """Delete a session and its history; its subscribers get `reset`."""
         check_session_id(session_id)
-        async with self._locks(session_id):
+        async with self.broker.lock(session_id):
             if not await self.storage.delete_session(session_id):
                 raise NotFound(f"no session {session_id!r}")
             await self.broker.publish(Event.of(session_id, "reset"))
@@ -240,7 +238,7 @@ class BridgeService:
     async def _append_and_publish(
         self, session_id: str, draft: Draft, stream_id: str | None
     ) -> StoredMessage:
-        async with self._locks(session_id):
+        async with self.broker.lock(session_id):
             appended = await self.storage.append(session_id, draft, self._welcome())
             if appended.duplicate and stream_id is not None:
                 await self.broker.publish(Event.of(

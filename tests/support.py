@@ -59,8 +59,8 @@ class RunningBridge:
             "--host", "127.0.0.1", "--port", str(self.port), "--store", self.store,
             *self.extra_args,
         ]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log)
         wait_until(self._healthy, timeout, f"bridge on port {self.port} (log: {self.log_path})")
         return self
 

@@ -1,0 +1,240 @@
+"""The chat page in a real Chromium against a real bridge and a real `streamlit run`.
+
+One bridge (SQLite, so history survives its restart) and one Streamlit process serve the
+whole module; each test uses its own session and its own browser context.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from streamlit_client.client import BridgeClient
+from streamlit_client.models import Template
+from tests.browser_support import ClosingBridge, RunningPage, launch_chromium
+from tests.support import ROOT, RunningBridge, bridge_env, free_port
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+MESSAGES = '[data-testid="stChatMessageContent"]'
+TIMEOUT_MS = 10_000
+ANYTHING = re.compile(r".*", re.S)
+
+
+@pytest.fixture(scope="module")
+def page_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def shared_bridge(
+    tmp_path_factory: pytest.TempPathFactory, page_port: int,
+) -> Iterator[RunningBridge]:
+    tmp = tmp_path_factory.mktemp("bridge")
+    running = ClosingBridge(
+        port=free_port(),
+        store=f"sqlite:///{tmp / 'bridge.db'}",
+        env=bridge_env(BRIDGE_ALLOWED_ORIGINS=f"http://127.0.0.1:{page_port}"),
+        log_path=tmp / "bridge.log",
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def chat_page(
+    shared_bridge: RunningBridge, page_port: int, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningPage]:
+    log = tmp_path_factory.mktemp("page") / "streamlit.log"
+    page = RunningPage(port=page_port, bridge_url=shared_bridge.url, log_path=log).start()
+    yield page
+    page.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    ctx = browser.new_context(viewport={"width": 1000, "height": 800})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def api(shared_bridge: RunningBridge) -> Iterator[BridgeClient]:
+    with BridgeClient(shared_bridge.url) as client:
+        yield client
+
+
+@pytest.fixture
+def session_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def open_chat(context: BrowserContext, chat_page: RunningPage, session_id: str) -> Page:
+    """A tab on the session's page, once its WebSocket is open."""
+    tab = context.new_page()
+    tab.goto(chat_page.session_url(session_id))
+    expect(tab.locator('.sb-listener[data-status="open"]')).to_have_count(1)
+    return tab
+
+
+def shown(tab: Page) -> list[str]:
+    return [text.strip() for text in tab.locator(MESSAGES).all_inner_texts()]
+
+
+def expect_messages(tab: Page, wanted: list[str]) -> None:
+    """Wait until the chat shows the welcome message, then exactly `wanted`, in order."""
+    expect(tab.locator(MESSAGES)).to_have_text([ANYTHING, *wanted])
+
+
+def test_a_post_appears(context: BrowserContext, chat_page: RunningPage, api: BridgeClient,
+                        session_id: str) -> None:
+    tab = open_chat(context, chat_page, session_id)
+    api.post_message(session_id, "ai", "Hello from a POST")
+    expect(tab.locator(MESSAGES).filter(has_text="Hello from a POST")).to_have_count(1)
+
+
+def test_a_burst_of_20_appears_complete_in_order_once(
+    context: BrowserContext, chat_page: RunningPage, api: BridgeClient, session_id: str,
+) -> None:
+    tab = open_chat(context, chat_page, session_id)
+    texts = [f"burst {i:02d} {uuid.uuid4().hex[:6]}" for i in range(20)]
+    for text in texts:
+        api.post_message(session_id, "ai", text)
+    expect_messages(tab, texts)
+
+
+def test_two_tabs_share_pushes_and_typed_messages(
+    context: BrowserContext, chat_page: RunningPage, api: BridgeClient, session_id: str,
+) -> None:
+    first = open_chat(context, chat_page, session_id)
+    second = open_chat(context, chat_page, session_id)
+    api.post_message(session_id, "ai", "pushed to both")
+    typed_first, typed_second = "typed in the first tab", "typed in the second tab"
+    type_message(first, typed_first)
+    expect_messages(second, ["pushed to both", typed_first])
+    type_message(second, typed_second)
+    for tab in (first, second):
+        expect_messages(tab, ["pushed to both", typed_first, typed_second])
+    users = [m.content for m in api.messages(session_id) if m.role == "user"]
+    assert users == [typed_first, typed_second]
+
+
+def type_message(tab: Page, text: str) -> None:
+    box = tab.get_by_test_id("stChatInputTextArea")
+    box.fill(text)
+    box.press("Enter")
+    expect(tab.locator(MESSAGES).filter(has_text=text)).to_have_count(1)
+
+
+def test_a_stream_grows_then_ends_as_one_committed_message(
+    context: BrowserContext, chat_page: RunningPage, api: BridgeClient, session_id: str,
+) -> None:
+    tab = open_chat(context, chat_page, session_id)
+    words = [f"word{i}" for i in range(8)]
+    shown_words = [threading.Event() for _ in words]
+    failures: list[BaseException] = []
+
+    def chunks() -> Iterator[str]:
+        # Each chunk waits until the browser showed the previous one: the stream
+        # provably passes through every intermediate length.
+        for index, word in enumerate(words):
+            yield word + " "
+            if not shown_words[index].wait(10):
+                return
+
+    def stream() -> None:
+        try:
+            api.stream_reply(session_id, chunks())
+        except BaseException as exc:  # reported in the main thread
+            failures.append(exc)
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    bubble = tab.locator(".sb-stream-text")
+    lengths = []
+    for index in range(len(words)):
+        expect(bubble).to_have_text(" ".join(words[: index + 1]))
+        lengths.append(len(bubble.inner_text()))
+        shown_words[index].set()
+    streamer.join(timeout=20)
+    assert not failures, failures
+    assert lengths == sorted(set(lengths)) and len(lengths) == len(words)
+    final = " ".join(words)
+    expect(tab.locator(".sb-stream")).to_have_count(0)
+    expect(tab.locator(MESSAGES).filter(has_text=final)).to_have_count(1)
+    expect_messages(tab, [final])
+
+
+def test_the_page_reconnects_after_a_bridge_restart(
+    context: BrowserContext, chat_page: RunningPage, api: BridgeClient, session_id: str,
+    shared_bridge: RunningBridge,
+) -> None:
+    tab = open_chat(context, chat_page, session_id)
+    api.post_message(session_id, "ai", "before the restart")
+    expect(tab.locator(MESSAGES).filter(has_text="before the restart")).to_have_count(1)
+    shared_bridge.stop()
+    status = tab.locator(".sb-status")
+    expect(status).to_be_visible()
+    expect(status).to_contain_text("reconnecting")
+    shared_bridge.start()
+    api.post_message(session_id, "ai", "posted meanwhile")
+    expect(tab.locator('.sb-listener[data-status="open"]')).to_have_count(1)
+    expect(status).to_be_hidden()
+    api.post_message(session_id, "ai", "after the reconnect")
+    expect_messages(tab, ["before the restart", "posted meanwhile", "after the reconnect"])
+
+
+def test_a_template_change_applies_without_a_reload(
+    context: BrowserContext, chat_page: RunningPage, api: BridgeClient, session_id: str,
+) -> None:
+    tab = open_chat(context, chat_page, session_id)
+    tab.evaluate("window.__sameDocument = true")
+    api.post_message(session_id, "ai", "an answer")
+    expect(tab.locator(MESSAGES).filter(has_text="an answer")).to_have_count(1)
+    original = api.template()
+    try:
+        api.set_template(Template(
+            welcome_msg="Welcome to the live template", input_msg="Ask the parrot",
+            write_speed=0.0, ai_avatar="🦜", user_avatar="🐢",
+        ))
+        expect(tab.get_by_placeholder("Ask the parrot")).to_be_visible()
+        expect(tab.locator(MESSAGES).first).to_have_text("Welcome to the live template")
+        expect(tab.get_by_test_id("stChatMessage").first).to_contain_text("🦜")
+        assert tab.evaluate("window.__sameDocument === true")
+    finally:
+        api.set_template(original)
+
+
+def test_screenshot_of_a_conversation(
+    context: BrowserContext, chat_page: RunningPage, api: BridgeClient, session_id: str,
+) -> None:
+    """Makes docs/screenshot.png (shown in the README): a user turn and a streamed reply."""
+    tab = open_chat(context, chat_page, session_id)
+    type_message(tab, "What does the bridge do?")
+    api.stream_reply(session_id, iter([
+        "It pushes every message into each open tab ",
+        "the moment it is posted, ",
+        "and streams replies **as they are written**.",
+    ]))
+    expect(tab.locator(MESSAGES).filter(has_text="as they are written")).to_have_count(1)
+    expect(tab.locator(".sb-stream")).to_have_count(0)
+    Path(SCREENSHOT).parent.mkdir(exist_ok=True)
+    tab.screenshot(path=str(SCREENSHOT))

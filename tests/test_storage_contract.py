@@ -1,0 +1,168 @@
+"""One contract every storage backend passes (memory, SQLite, Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bridge.models import Draft, Template
+from bridge.storage import Storage
+from tests.storage_backends import BACKENDS, opened
+
+pytestmark = pytest.mark.parametrize("kind", BACKENDS)
+
+WELCOME = (Draft.build("ai", "welcome"),)
+
+
+def _draft(content: str, role: str = "user", key: str | None = None) -> Draft:
+    return Draft.build(role, content, key=key)
+
+
+async def test_append_creates_session_with_seed_and_contiguous_seqs(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        first = await store.append("s1", _draft("a"), WELCOME)
+        assert [m.seq for m in first.stored] == [1, 2]
+        assert first.stored[0].content == "welcome" and first.stored[0].role == "ai"
+        assert first.message.seq == 2 and not first.duplicate
+        second = await store.append("s1", _draft("b"), WELCOME)
+        assert [m.seq for m in second.stored] == [3]
+        history = await store.history("s1")
+        assert [(m.seq, m.content) for m in history] == [(1, "welcome"), (2, "a"), (3, "b")]
+        assert all(m.session_id == "s1" for m in history)
+
+
+async def test_concurrent_appends_get_distinct_contiguous_seqs(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        results = await asyncio.gather(
+            *(store.append("busy", _draft(f"m{i}"), WELCOME) for i in range(50))
+        )
+        seqs = sorted(r.message.seq for r in results)
+        assert seqs == list(range(2, 52))
+        history = await store.history("busy")
+        assert [m.seq for m in history] == list(range(1, 52))
+
+
+async def test_idempotency_key_returns_first_message(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        first = await store.append("s", _draft("once", key="k1"), WELCOME)
+        again = await store.append("s", _draft("once", key="k1"), WELCOME)
+        assert again.duplicate and again.stored == ()
+        assert again.message == first.message
+        other_session = await store.append("t", _draft("once", key="k1"), WELCOME)
+        assert not other_session.duplicate
+        assert [m.content for m in await store.history("s")] == ["welcome", "once"]
+
+
+async def test_history_windows(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        for i in range(9):
+            await store.append("h", _draft(str(i)), WELCOME)
+        # seqs 1 (welcome) .. 10
+        assert [m.seq for m in await store.history("h", after=7)] == [8, 9, 10]
+        assert [m.seq for m in await store.history("h", last=2)] == [9, 10]
+        assert [m.seq for m in await store.history("h", before=4)] == [1, 2, 3]
+        assert [m.seq for m in await store.history("h", after=2, before=6, last=2)] == [4, 5]
+        assert await store.history("unknown") == []
+
+
+async def test_create_session_only_once(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        created = await store.create_session("c", WELCOME)
+        assert created is not None and [m.seq for m in created] == [1]
+        assert await store.create_session("c", WELCOME) is None
+        info = await store.session_info("c")
+        assert info is not None and info.last_seq == 1 and info.message_count == 1
+        assert await store.session_info("nope") is None
+
+
+async def test_sessions_in_creation_order_and_last(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        assert await store.last_session() is None
+        for name in ("b", "a", "c"):
+            await store.create_session(name, WELCOME)
+        await store.append("a", _draft("x"), WELCOME)
+        assert await store.sessions() == ["b", "a", "c"]
+        assert await store.last_session() == "c"
+
+
+async def test_last_message_by_role(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        await store.append("r", _draft("u1"), WELCOME)
+        await store.append("r", _draft("a1", role="ai"), WELCOME)
+        last_any = await store.last_message("r", None)
+        last_user = await store.last_message("r", "user")
+        assert last_any is not None and last_any.content == "a1"
+        assert last_user is not None and last_user.content == "u1"
+        assert await store.last_message("missing", None) is None
+
+
+async def test_delete_and_reset(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        await store.append("d1", _draft("x"), WELCOME)
+        await store.append("d2", _draft("y"), WELCOME)
+        assert await store.delete_session("d1")
+        assert not await store.delete_session("d1")
+        assert await store.history("d1") == [] and await store.sessions() == ["d2"]
+        assert await store.claim_listen("d1") is None
+        await store.reset()
+        assert await store.sessions() == [] and await store.claim_listen(None) is None
+        again = await store.append("d2", _draft("z"), WELCOME)
+        assert again.message.seq == 2  # a new history starts at 1 again
+
+
+async def test_listen_claims_each_user_message_once_in_order(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        await store.append("l1", _draft("first"), WELCOME)
+        await store.append("l1", _draft("bot", role="ai"), WELCOME)
+        await store.append("l2", _draft("second"), WELCOME)
+        await store.append("l1", _draft("third"), WELCOME)
+        only_l2 = await store.claim_listen("l2")
+        assert only_l2 is not None and only_l2.content == "second"
+        claimed = await asyncio.gather(*(store.claim_listen(None) for _ in range(4)))
+        contents = sorted(m.content for m in claimed if m is not None)
+        assert contents == ["first", "third"]
+        assert await store.claim_listen(None) is None
+
+
+async def test_template_roundtrip(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        assert await store.load_template() is None
+        template = Template(welcome_msg="hey", input_msg="say", write_speed=0.1, ai_avatar="🤖")
+        await store.save_template(template)
+        assert await store.load_template() == template
+
+
+async def test_history_limit_trims_oldest(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, history_limit=20) as store:
+        for i in range(60):
+            await store.append("t", _draft(str(i)), WELCOME)
+        history = await store.history("t")
+        assert 20 <= len(history) <= 22  # trimmed in steps, never below the limit
+        assert history[-1].seq == 61
+        assert [m.seq for m in history] == list(range(history[0].seq, 62))
+
+
+async def test_epoch_is_stable_while_open_and_ping(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        epoch = store.epoch
+        assert epoch
+        await store.append("e", _draft("x"), WELCOME)
+        assert store.epoch == epoch
+        await store.ping()
+
+
+async def test_durable_history_and_epoch_survive_reopen(kind: str, tmp_path: Path) -> None:
+    if kind == "memory":
+        pytest.skip("memory:// keeps nothing across a reopen by design")
+    async with opened(kind, tmp_path, keep=True) as store:
+        await store.append("p", _draft("kept"), WELCOME)
+        epoch = store.epoch
+    async with opened(kind, tmp_path) as store:
+        assert store.epoch == epoch
+        assert [m.content for m in await store.history("p")] == ["welcome", "kept"]
+        nxt = await store.append("p", _draft("next"), WELCOME)
+        assert nxt.message.seq == 3
+
+
