@@ -169,7 +169,9 @@ async def reset_messages(request: Request) -> Response:
     return json_response({"reset": True})
 
 
-@router.post("/chats", summary="Set the chat template (applies live)", openapi_extra=_schema(Template))
+@router.post(
+    "/chats", summary="Set the chat template (applies live)", openapi_extra=_schema(Template)
+)
 async def set_template(request: Request) -> Response:
     template = await _body(request, Template, 64 * 1024)
     saved = await _service(request).set_template(template)

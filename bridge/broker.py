@@ -19,6 +19,7 @@ __all__ = ["ALL_SESSIONS", "Broker", "Deliver", "LocalBroker", "open_broker"]
 
 Deliver = Callable[[Event], None]
 
+
 class Broker(Protocol):
     """Carries events to every instance's hub and counts subscribers across instances."""
 

@@ -18,7 +18,7 @@ def _delta(line: str) -> str:
         raise InvalidInput(f"stream line is not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("delta"), str):
         raise InvalidInput('each stream line must be a JSON object {"delta": "..."}')
-    return data["delta"]
+    return str(data["delta"])
 
 
 async def decode_chunks(raw: AsyncIterator[bytes], *, ndjson: bool) -> AsyncIterator[str]:

@@ -38,19 +38,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (BRIDGE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (BRIDGE_PORT, default 7881)")
     serve.add_argument(
-        "--store", help="memory://, sqlite:///path.db or redis://host:port/db "
-        "(BRIDGE_STORE, default sqlite:///data/bridge.db)"
+        "--store",
+        help="memory://, sqlite:///path.db or redis://host:port/db "
+        "(BRIDGE_STORE, default sqlite:///data/bridge.db)",
     )
     serve.add_argument("--api-key", help="require this key (BRIDGE_API_KEY)")
     serve.add_argument("--max-message-bytes", type=int, help="BRIDGE_MAX_MESSAGE_BYTES")
-    serve.add_argument("--listen-timeout-max", type=float, dest="listen_timeout_max_s",
-                       help="cap of Listen timeouts in seconds (BRIDGE_LISTEN_TIMEOUT_MAX_S)")
+    serve.add_argument(
+        "--listen-timeout-max",
+        type=float,
+        dest="listen_timeout_max_s",
+        help="cap of Listen timeouts in seconds (BRIDGE_LISTEN_TIMEOUT_MAX_S)",
+    )
     serve.add_argument("--log-level", help="debug, info, warning (BRIDGE_LOG_LEVEL)")
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
-        p.add_argument("--bridge", default=None, help=f"bridge URL (BRIDGE_URL, {DEFAULT_BRIDGE_URL})")
+        p.add_argument(
+            "--bridge", default=None, help=f"bridge URL (BRIDGE_URL, {DEFAULT_BRIDGE_URL})"
+        )
         p.add_argument("--api-key", default=None, help="API key (BRIDGE_API_KEY)")
         return p
 
@@ -90,9 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = Settings.load(
                 env,
-                host=args.host, port=args.port, store=args.store, api_key=args.api_key,
+                host=args.host,
+                port=args.port,
+                store=args.store,
+                api_key=args.api_key,
                 max_message_bytes=args.max_message_bytes,
-                listen_timeout_max_s=args.listen_timeout_max_s, log_level=args.log_level,
+                listen_timeout_max_s=args.listen_timeout_max_s,
+                log_level=args.log_level,
             )
             serve(settings, access_log=args.access_log)
             return 0

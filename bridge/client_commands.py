@@ -64,7 +64,9 @@ def send(url: str, api_key: str | None, session: str, text: str, role: str) -> i
         with _reporting():
             resp = httpx.post(
                 f"{url}/api/v1/sessions/{quote(session, safe='')}/messages",
-                json={"role": role, "content": text}, headers=_headers(api_key), timeout=10,
+                json={"role": role, "content": text},
+                headers=_headers(api_key),
+                timeout=10,
             )
         print(json.dumps(_check(resp), ensure_ascii=False))
         return 0
@@ -76,12 +78,16 @@ def listen(url: str, api_key: str | None, timeout: float, session: str | None) -
     """Wait for one user message; print it (exit 0) or say none came (exit 3)."""
 
     def go() -> int:
-        path = "/api/v1/listen/message" if session is None else (
-            f"/api/v1/sessions/{quote(session, safe='')}/listen"
+        path = (
+            "/api/v1/listen/message"
+            if session is None
+            else (f"/api/v1/sessions/{quote(session, safe='')}/listen")
         )
         with _reporting():
             resp = httpx.get(
-                f"{url}{path}", params={"timeout": timeout}, headers=_headers(api_key),
+                f"{url}{path}",
+                params={"timeout": timeout},
+                headers=_headers(api_key),
                 timeout=httpx.Timeout(10, read=timeout + 10),
             )
         if resp.status_code == 204:
@@ -99,13 +105,14 @@ def tail(url: str, api_key: str | None, session: str, after: int) -> int:
 
     def go() -> int:
         last = after
-        ws_base = "ws" + url[len("http"):] if url.startswith("http") else url
+        ws_base = "ws" + url[len("http") :] if url.startswith("http") else url
         backoff = 0.25
         while True:
             target = f"{ws_base}/api/v1/sessions/{quote(session, safe='')}/ws?after={last}"
             try:
-                with connect(target, additional_headers=_headers(api_key),
-                             compression=None, open_timeout=10) as ws:
+                with connect(
+                    target, additional_headers=_headers(api_key), compression=None, open_timeout=10
+                ) as ws:
                     backoff = 0.25
                     for raw in ws:
                         last = _print_event(json.loads(raw), last)
@@ -126,8 +133,11 @@ def tail(url: str, api_key: str | None, session: str, after: int) -> int:
 def _print_event(event: dict[str, Any], last: int) -> int:
     kind = event.get("event")
     if kind == "hello":
-        print(f"-- session {event['session_id']} (last seq {event['last_seq']}, "
-              f"{event['subscribers']} subscriber(s))", file=sys.stderr)
+        print(
+            f"-- session {event['session_id']} (last seq {event['last_seq']}, "
+            f"{event['subscribers']} subscriber(s))",
+            file=sys.stderr,
+        )
     elif kind in ("message", "stream.end"):
         m = event["message"]
         if kind == "stream.end":
@@ -174,9 +184,11 @@ def up(port: int, chat_port: int, store: str | None) -> int:
         children.append(
             subprocess.Popen([*exe, "chat", "--port", str(chat_port), "--bridge", url], env=env)
         )
-        print(f"\n  Chat page:  http://127.0.0.1:{chat_port}\n  Bridge API: {url}/docs\n"
-              "  Type in the page; the demo bot streams a reply. Ctrl-C stops everything.\n",
-              flush=True)
+        print(
+            f"\n  Chat page:  http://127.0.0.1:{chat_port}\n  Bridge API: {url}/docs\n"
+            "  Type in the page; the demo bot streams a reply. Ctrl-C stops everything.\n",
+            flush=True,
+        )
         while all(c.poll() is None for c in children):
             time.sleep(0.5)  # supervise: exit when any child exits
         return 1

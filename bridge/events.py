@@ -42,15 +42,18 @@ class Event:
     def message(cls, message: StoredMessage) -> Event:
         """A stored message, live or replayed."""
         return cls(
-            message.session_id, "message",
-            {"seq": message.seq, "message": message.to_dict()}, message.seq,
+            message.session_id,
+            "message",
+            {"seq": message.seq, "message": message.to_dict()},
+            message.seq,
         )
 
     @classmethod
     def stream_end(cls, stream_id: str, message: StoredMessage) -> Event:
         """The streamed reply `stream_id` is stored whole as `message`."""
         return cls(
-            message.session_id, "stream.end",
+            message.session_id,
+            "stream.end",
             {"stream_id": stream_id, "seq": message.seq, "message": message.to_dict()},
             message.seq,
         )
@@ -66,7 +69,9 @@ class Event:
         data = json.loads(frame)
         kind = data.pop("event")
         seq = data.get("seq") if kind in ("message", "stream.end") else None
-        return cls(session_id, kind, data, seq, frame, born if born is not None else time.monotonic())
+        return cls(
+            session_id, kind, data, seq, frame, born if born is not None else time.monotonic()
+        )
 
     @property
     def user_message(self) -> bool:

@@ -74,10 +74,14 @@ class Hub:
         sub = Subscriber(session_id, outbox, close)
         assert sub.pending is not None
         for stream_id, stream in self._streams.get(session_id, {}).items():
-            sub.pending.append(Event.of(session_id, "stream.start", stream_id=stream_id,
-                                        role=stream.role))
-            sub.pending.append(Event.of(session_id, "stream.delta", stream_id=stream_id,
-                                        delta="".join(stream.text)))
+            sub.pending.append(
+                Event.of(session_id, "stream.start", stream_id=stream_id, role=stream.role)
+            )
+            sub.pending.append(
+                Event.of(
+                    session_id, "stream.delta", stream_id=stream_id, delta="".join(stream.text)
+                )
+            )
         self._topics.setdefault(session_id, set()).add(sub)
         self._metrics.connections.inc()
         try:
@@ -149,6 +153,8 @@ class Hub:
             return True
         if sub.outbox.overflowed:
             self._kick(sub, CLOSE_TOO_SLOW, "subscriber too slow: buffer overflowed")
+        else:  # the socket failed; make sure it is closed rather than left silent
+            self._kick(sub, 1011, "send failed")
         return False
 
     def _kick(self, sub: Subscriber, code: int, reason: str) -> None:

@@ -9,6 +9,7 @@ lost, because a waiter takes the current event *before* it tries to claim.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -48,9 +49,7 @@ class ListenBoard:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), remaining)
-                except TimeoutError:
-                    pass
         finally:
             self.waiting -= 1

@@ -28,7 +28,8 @@ class Metrics:
             "bridge_deliveries", "Frames handed to subscriber sockets.", registry=r
         )
         self.slow_consumers = Counter(
-            "bridge_slow_consumer_closes", "Subscribers closed with 4000 (buffer full).",
+            "bridge_slow_consumer_closes",
+            "Subscribers closed with 4000 (buffer full).",
             registry=r,
         )
         self.listen_waiting = Gauge(
@@ -37,7 +38,8 @@ class Metrics:
         self.publish_to_send = Histogram(
             "bridge_publish_to_send_seconds",
             "From accepting an event to handing it to the last local subscriber.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
 
     def render(self) -> bytes:

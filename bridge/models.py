@@ -82,7 +82,11 @@ class Draft:
 
     @classmethod
     def build(
-        cls, role: str, content: str, type: str = "text", id: str | None = None,
+        cls,
+        role: str,
+        content: str,
+        type: str = "text",
+        id: str | None = None,
         key: str | None = None,
     ) -> Draft:
         """A draft with a fresh id unless one is given; the key defaults to a given id."""

@@ -121,6 +121,9 @@ async def _finish(coro: SendCoroutine, blocker: Any) -> None:
                 if blocker is None:  # a bare yield, as in asyncio.sleep(0)
                     await asyncio.sleep(0)
                 else:
+                    # A Task clears this flag when it takes over a yielded future;
+                    # awaiting one that still has it set is refused as misuse.
+                    blocker._asyncio_future_blocking = False
                     await blocker
             except BaseException as exc:  # hand cancellation and errors to the coroutine
                 blocker = coro.throw(exc)

@@ -51,7 +51,9 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
     scheme_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info(
         "streamlit-bridge on http://%s:%d (store %s; API key %s)",
-        scheme_host, settings.port, app.state.service.storage.url,
+        scheme_host,
+        settings.port,
+        app.state.service.storage.url,
         "on" if settings.api_key else "off",
     )
     _BridgeServer(config, app.state.service).run()

@@ -2,8 +2,9 @@
 
 Every message of a session is stored and published while holding that session's lock
 (`Broker.lock`: per process, or across instances with Redis), so `seq` order and publish
-order are the same on every socket, however many requests race. The store-then-publish step is shielded from cancellation: a client that hangs up
-after its message was committed cannot leave it committed but unpublished.
+order are the same on every socket, however many requests race. The store-then-publish
+step is shielded from cancellation: a client that hangs up after its message was
+committed cannot leave it committed but unpublished.
 """
 
 from __future__ import annotations
@@ -241,10 +242,14 @@ class BridgeService:
         async with self.broker.lock(session_id):
             appended = await self.storage.append(session_id, draft, self._welcome())
             if appended.duplicate and stream_id is not None:
-                await self.broker.publish(Event.of(
-                    session_id, "stream.abort", stream_id=stream_id,
-                    detail="duplicate: this idempotency key was already stored",
-                ))
+                await self.broker.publish(
+                    Event.of(
+                        session_id,
+                        "stream.abort",
+                        stream_id=stream_id,
+                        detail="duplicate: this idempotency key was already stored",
+                    )
+                )
             for stored in appended.stored:
                 if stream_id is not None and stored.id == draft.id:
                     await self.broker.publish(Event.stream_end(stream_id, stored))
@@ -273,8 +278,9 @@ class BridgeService:
         key = self._check_key(idempotency_key)
         await self.ensure_session(session_id)
         stream_id = uuid.uuid4().hex
-        await self.broker.publish(Event.of(session_id, "stream.start", stream_id=stream_id,
-                                           role=role))
+        await self.broker.publish(
+            Event.of(session_id, "stream.start", stream_id=stream_id, role=role)
+        )
         parts: list[str] = []
         size = 0
         try:
@@ -311,9 +317,7 @@ class BridgeService:
         wait = min(wait, self.settings.listen_timeout_max_s)
         self.metrics.listen_waiting.inc()
         try:
-            message = await self._listen.wait(
-                lambda: self.storage.claim_listen(session_id), wait
-            )
+            message = await self._listen.wait(lambda: self.storage.claim_listen(session_id), wait)
         finally:
             self.metrics.listen_waiting.dec()
         if message is None:

@@ -20,9 +20,7 @@ DEFAULT_STORE = "sqlite:///data/bridge.db"
 
 
 def _default_origins() -> tuple[str, ...]:
-    return tuple(
-        f"http://{host}:5001" for host in ("localhost", "127.0.0.1", "[::1]")
-    )
+    return tuple(f"http://{host}:5001" for host in ("localhost", "127.0.0.1", "[::1]"))
 
 
 @dataclass(frozen=True, slots=True)

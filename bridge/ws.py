@@ -97,9 +97,13 @@ async def _hello_and_replay(
     epoch = service.epoch(info) if info is not None else ""
     await sub.outbox.send(
         Event.of(
-            sub.session_id, "hello",
-            session_id=sub.session_id, epoch=epoch, last_seq=bound,
-            template=service.template.model_dump(), subscribers=subscribers,
+            sub.session_id,
+            "hello",
+            session_id=sub.session_id,
+            epoch=epoch,
+            last_seq=bound,
+            template=service.template.model_dump(),
+            subscribers=subscribers,
         ).frame
     )
     replayed: set[str] = set()
@@ -149,5 +153,3 @@ async def _handle(text: str, service: BridgeService, sub: Subscriber) -> None:
         await service.post(sub.session_id, message)
     else:
         raise InvalidInput(f"unknown event {str(kind)[:40]!r}: send 'message' or 'ping'")
-
-

@@ -55,8 +55,16 @@ class RunningBridge:
 
     def start(self, timeout: float = 20.0) -> RunningBridge:
         cmd = [
-            sys.executable, "-m", "bridge", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "--store", self.store,
+            sys.executable,
+            "-m",
+            "bridge",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--store",
+            self.store,
             *self.extra_args,
         ]
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd

@@ -8,7 +8,18 @@ import pytest
 from tests.support import RunningBridge
 
 # "." and ".." are sent percent-encoded: clients normalise them away otherwise.
-BAD_IDS = ["a b", "%2E%2E", "%2E", "x" * 129, "x" * 10_000, "a%2Fb", "a/b", "ü", "a%00b", "semi;colon"]
+BAD_IDS = [
+    "a b",
+    "%2E%2E",
+    "%2E",
+    "x" * 129,
+    "x" * 10_000,
+    "a%2Fb",
+    "a/b",
+    "ü",
+    "a%00b",
+    "semi;colon",
+]
 
 
 async def _snapshot(http: httpx.AsyncClient) -> tuple[list[str], list[dict]]:
@@ -85,7 +96,8 @@ async def test_bad_query_and_header_values(seeded: httpx.AsyncClient) -> None:
         assert resp.status_code == 422, (url, resp.text)
         assert expected in resp.json()["detail"], (url, resp.json())
     resp = await seeded.post(
-        "/api/v1/sessions/keep/messages", json={"role": "ai", "content": "x"},
+        "/api/v1/sessions/keep/messages",
+        json={"role": "ai", "content": "x"},
         headers={"Idempotency-Key": "bad key!"},
     )
     assert resp.status_code == 422 and "Idempotency-Key" in resp.json()["detail"]
@@ -93,18 +105,27 @@ async def test_bad_query_and_header_values(seeded: httpx.AsyncClient) -> None:
 
 
 async def test_unknown_session_reads_are_404_with_detail(seeded: httpx.AsyncClient) -> None:
-    for url in ("/api/v1/sessions/ghost/messages", "/api/v1/sessions/ghost",
-                "/api/v1/sessions/ghost/messages/last"):
+    for url in (
+        "/api/v1/sessions/ghost/messages",
+        "/api/v1/sessions/ghost",
+        "/api/v1/sessions/ghost/messages/last",
+    ):
         resp = await seeded.get(url)
         assert resp.status_code == 404 and "ghost" in resp.json()["detail"]
 
 
 async def test_idempotent_publish(seeded: httpx.AsyncClient) -> None:
     url = "/api/v1/sessions/idem/messages"
-    first = await seeded.post(url, json={"role": "ai", "content": "once"}, headers={"Idempotency-Key": "k-1"})
-    again = await seeded.post(url, json={"role": "ai", "content": "once"}, headers={"Idempotency-Key": "k-1"})
+    first = await seeded.post(
+        url, json={"role": "ai", "content": "once"}, headers={"Idempotency-Key": "k-1"}
+    )
+    again = await seeded.post(
+        url, json={"role": "ai", "content": "once"}, headers={"Idempotency-Key": "k-1"}
+    )
     assert first.status_code == again.status_code == 200 and first.json() == again.json()
-    by_id = [await seeded.post(url, json={"role": "ai", "content": "b", "id": "m-7"}) for _ in range(2)]
+    by_id = [
+        await seeded.post(url, json={"role": "ai", "content": "b", "id": "m-7"}) for _ in range(2)
+    ]
     assert by_id[0].json() == by_id[1].json() and by_id[0].json()["id"] == "m-7"
     contents = [m["content"] for m in (await seeded.get(url)).json()]
     assert contents[1:] == ["once", "b"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.langflow_support import LFX_WARNING_FILTERS, make_component
-from tests.support import RunningBridge
+from tests.support import RunningBridge, bridge_env, free_port
 
 pytest.importorskip("lfx")
 websockets_client = pytest.importorskip("websockets.asyncio.client")
@@ -25,6 +25,19 @@ websockets_client = pytest.importorskip("websockets.asyncio.client")
 pytestmark = [pytest.mark.langflow, *(pytest.mark.filterwarnings(f) for f in LFX_WARNING_FILTERS)]
 
 WAIT = 10.0  # seconds: upper bound of every wait for an event; a pass never waits this long
+
+
+@pytest.fixture(scope="module")
+def shared_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBridge]:
+    """One bridge for the tests that touch only their own sessions (saves a start per test).
+
+    Listen and Last Session tests take a fresh `bridge`: they see bridge-wide state (the queue
+    of unclaimed user messages, the newest session).
+    """
+    log_path = tmp_path_factory.mktemp("shared-bridge") / "bridge.log"
+    running = RunningBridge(free_port(), "memory://", bridge_env(), log_path).start()
+    yield running
+    running.stop()
 
 
 def post(bridge: RunningBridge, session: str, role: str, content: str) -> dict[str, Any]:
@@ -42,26 +55,29 @@ def history(bridge: RunningBridge, session: str) -> list[dict[str, Any]]:
 
 
 class Subscriber:
-    """A WebSocket subscriber of one session, reading events with bounded waits."""
+    """A WebSocket subscriber of one session, reading live events with bounded waits."""
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.hello: dict[str, Any] = {}
 
     async def next_event(self, *kinds: str) -> dict[str, Any]:
-        """The next event of one of `kinds` (others are skipped); fails after WAIT seconds."""
+        """The next live event of one of `kinds` (others, and the history replay, are skipped);
+        fails after WAIT seconds."""
+        replayed_upto = self.hello.get("last_seq", 0)
         async with asyncio.timeout(WAIT):
             while True:
                 event = json.loads(await self.ws.recv())
+                if event.get("event") == "message" and event["seq"] <= replayed_upto:
+                    continue  # history sent on connect, not something that happened since
                 if event.get("event") in kinds:
                     return event
 
 
 @asynccontextmanager
 async def subscribe(bridge: RunningBridge, session: str) -> AsyncIterator[Subscriber]:
-    """Subscribe to a session (live events only: history is skipped via `after`)."""
-    url = f"{bridge.ws_url}/api/v1/sessions/{session}/ws?after=1000000"
-    async with websockets_client.connect(url) as ws:
+    """Subscribe to a session as a chat tab does."""
+    async with websockets_client.connect(f"{bridge.ws_url}/api/v1/sessions/{session}/ws") as ws:
         subscriber = Subscriber(ws)
         subscriber.hello = await subscriber.next_event("hello")
         yield subscriber
@@ -70,10 +86,12 @@ async def subscribe(bridge: RunningBridge, session: str) -> AsyncIterator[Subscr
 # ------------------------------------------------------------------------------------- Send
 
 
-async def test_send_stores_the_message_and_a_subscriber_sees_it(bridge: RunningBridge) -> None:
-    async with subscribe(bridge, "send-1") as tab:
+async def test_send_stores_the_message_and_a_subscriber_sees_it(
+    shared_bridge: RunningBridge,
+) -> None:
+    async with subscribe(shared_bridge, "send-1") as tab:
         send = make_component(
-            "send", base_url=bridge.url, session_id="send-1", message="Hello **there**"
+            "send", base_url=shared_bridge.url, session_id="send-1", message="Hello **there**"
         )
         results, _ = await send.run()  # the same path Langflow takes to build a node
 
@@ -87,11 +105,11 @@ async def test_send_stores_the_message_and_a_subscriber_sees_it(bridge: RunningB
         pushed = await tab.next_event("message")
         assert pushed["message"]["id"] == stored["id"]
         assert pushed["seq"] == stored["seq"]
-    assert history(bridge, "send-1")[-1]["content"] == "Hello **there**"
+    assert history(shared_bridge, "send-1")[-1]["content"] == "Hello **there**"
 
 
 async def test_send_takes_connected_messages_and_the_documented_host_and_port(
-    bridge: RunningBridge,
+    shared_bridge: RunningBridge,
 ) -> None:
     """Listen's outputs arrive as Message objects; hostname + port is the documented address."""
     from lfx.schema.message import Message
@@ -99,7 +117,7 @@ async def test_send_takes_connected_messages_and_the_documented_host_and_port(
     send = make_component(
         "send",
         hostname="127.0.0.1",
-        port=bridge.port,
+        port=shared_bridge.port,
         session_id=Message(text="send-2"),
         message=Message(text="from a connected output"),
         role="user",
@@ -109,10 +127,10 @@ async def test_send_takes_connected_messages_and_the_documented_host_and_port(
     assert stored["content"] == "from a connected output"
 
 
-async def test_base_url_overrides_hostname_and_port(bridge: RunningBridge) -> None:
+async def test_base_url_overrides_hostname_and_port(shared_bridge: RunningBridge) -> None:
     send = make_component(
         "send",
-        base_url=bridge.url + "/",
+        base_url=shared_bridge.url + "/",
         hostname="nowhere.invalid",
         port=1,
         session_id="send-3",
@@ -122,9 +140,9 @@ async def test_base_url_overrides_hostname_and_port(bridge: RunningBridge) -> No
     assert stored["content"] == "via base url"
 
 
-async def test_send_shows_the_bridges_own_refusal(bridge: RunningBridge) -> None:
+async def test_send_shows_the_bridges_own_refusal(shared_bridge: RunningBridge) -> None:
     """A session id the bridge rejects: its 4xx detail, not an httpx traceback."""
-    send = make_component("send", base_url=bridge.url, session_id="a/b?c=1 d", message="x")
+    send = make_component("send", base_url=shared_bridge.url, session_id="a/b?c=1 d", message="x")
     with pytest.raises(RuntimeError) as caught:
         await send.text_response()
     message = str(caught.value)
@@ -133,14 +151,14 @@ async def test_send_shows_the_bridges_own_refusal(bridge: RunningBridge) -> None
     assert caught.value.__cause__ is None
 
 
-async def test_send_rerun_does_nothing_nested_and_returns(bridge: RunningBridge) -> None:
+async def test_send_rerun_does_nothing_nested_and_returns(shared_bridge: RunningBridge) -> None:
     """The documented default (rerun on) must not run the flow inside itself: Send returns."""
-    send = make_component("send", base_url=bridge.url, session_id="send-4", message="once")
+    send = make_component("send", base_url=shared_bridge.url, session_id="send-4", message="once")
     assert send.rerun is True
     async with asyncio.timeout(WAIT):
         await send.text_response()
     assert "no Langflow URL" in send.status
-    assert [m["content"] for m in history(bridge, "send-4")][-1] == "once"
+    assert [m["content"] for m in history(shared_bridge, "send-4")][-1] == "once"
 
 
 # ----------------------------------------------------------------------------------- Listen
@@ -216,11 +234,13 @@ async def test_listen_can_leave_the_template_alone(bridge: RunningBridge) -> Non
 # -------------------------------------------------------------------- Chat Template, reading
 
 
-async def test_chat_template_is_pushed_and_starts_new_sessions(bridge: RunningBridge) -> None:
-    async with subscribe(bridge, "tpl-open-tab") as tab:
+async def test_chat_template_is_pushed_and_starts_new_sessions(
+    shared_bridge: RunningBridge,
+) -> None:
+    async with subscribe(shared_bridge, "tpl-open-tab") as tab:
         chat = make_component(
             "chat_template",
-            base_url=bridge.url,
+            base_url=shared_bridge.url,
             welcome_msg="Welcome to the demo",
             input_msg="Say something",
             write_speed=0,
@@ -232,17 +252,17 @@ async def test_chat_template_is_pushed_and_starts_new_sessions(bridge: RunningBr
     assert pushed["template"]["input_msg"] == "Say something"
     assert pushed["template"]["write_speed"] == 0
     assert not pushed["template"].get("ai_avatar")  # empty avatar left out, not sent as ""
-    post(bridge, "tpl-new", "user", "hi")
-    first = history(bridge, "tpl-new")[0]
+    post(shared_bridge, "tpl-new", "user", "hi")
+    first = history(shared_bridge, "tpl-new")[0]
     assert (first["role"], first["content"]) == ("ai", "Welcome to the demo")
 
 
-async def test_get_session_messages_reads_the_newest_messages(bridge: RunningBridge) -> None:
+async def test_get_session_messages_reads_the_newest_messages(shared_bridge: RunningBridge) -> None:
     for i in range(3):
-        post(bridge, "read-1", "user" if i % 2 else "ai", f"m{i}")
+        post(shared_bridge, "read-1", "user" if i % 2 else "ai", f"m{i}")
 
     reader = make_component(
-        "get_session_messages", base_url=bridge.url, session_id="read-1", limit=2
+        "get_session_messages", base_url=shared_bridge.url, session_id="read-1", limit=2
     )
     results, _ = await reader.run()
     as_text = json.loads(results["text"].text)
@@ -250,14 +270,16 @@ async def test_get_session_messages_reads_the_newest_messages(bridge: RunningBri
     assert results["data"].data == {"session_id": "read-1", "messages": as_text}
 
     everything = make_component(
-        "get_session_messages", base_url=bridge.url, session_id="read-1", limit=0
+        "get_session_messages", base_url=shared_bridge.url, session_id="read-1", limit=0
     )
     contents = [m["content"] for m in json.loads((await everything.text_response()).text)]
     assert contents[1:] == ["m0", "m1", "m2"]  # after the welcome message
 
 
-async def test_get_session_messages_of_an_unknown_session_says_so(bridge: RunningBridge) -> None:
-    reader = make_component("get_session_messages", base_url=bridge.url, session_id="nobody")
+async def test_get_session_messages_of_an_unknown_session_says_so(
+    shared_bridge: RunningBridge,
+) -> None:
+    reader = make_component("get_session_messages", base_url=shared_bridge.url, session_id="nobody")
     with pytest.raises(LookupError, match="has no session 'nobody'"):
         await reader.text_response()
 
@@ -295,17 +317,17 @@ def gated_fake_model(text: str, gate: asyncio.Event, log: list[str]) -> Any:
 
 
 async def test_stream_reaches_a_subscriber_before_the_model_has_finished(
-    bridge: RunningBridge,
+    shared_bridge: RunningBridge,
 ) -> None:
     reply = "Streaming tokens one by one"
     gate = asyncio.Event()
     produced: list[str] = []
     model = gated_fake_model(reply, gate, produced)
 
-    async with subscribe(bridge, "stream-1") as tab:
+    async with subscribe(shared_bridge, "stream-1") as tab:
         stream = make_component(
             "stream",
-            base_url=bridge.url,
+            base_url=shared_bridge.url,
             session_id="stream-1",
             model=model,
             input_value="say something",
@@ -336,11 +358,11 @@ async def test_stream_reaches_a_subscriber_before_the_model_has_finished(
     assert "".join(deltas) == reply
     assert event["message"]["content"] == reply
     assert result.text == reply
-    assert history(bridge, "stream-1")[-1]["content"] == reply
+    assert history(shared_bridge, "stream-1")[-1]["content"] == reply
     assert produced[-1] == "<done>"
 
 
-async def test_stream_reports_a_failing_model(bridge: RunningBridge) -> None:
+async def test_stream_reports_a_failing_model(shared_bridge: RunningBridge) -> None:
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage
 
@@ -355,15 +377,21 @@ async def test_stream_reports_a_failing_model(bridge: RunningBridge) -> None:
 
     stream = make_component(
         "stream",
-        base_url=bridge.url,
+        base_url=shared_bridge.url,
         session_id="stream-2",
         input_value="hi",
         model=BrokenModel(messages=iter([AIMessage(content="partial answer here")])),
     )
-    with pytest.raises(
-        RuntimeError, match=r"language model failed after 2 chunk\(s\).*provider went away"
-    ):
-        await stream.stream_response()
+    async with subscribe(shared_bridge, "stream-2") as tab:
+        with pytest.raises(
+            RuntimeError, match=r"language model failed after 2 chunk\(s\).*provider went away"
+        ):
+            await stream.stream_response()
+        # The tab is told the reply stopped (the request was cut short), not left half-drawn.
+        start = await tab.next_event("stream.start")
+        aborted = await tab.next_event("stream.abort", "stream.end")
+    assert (aborted["event"], aborted["stream_id"]) == ("stream.abort", start["stream_id"])
+    assert "partial" not in [m["content"] for m in history(shared_bridge, "stream-2")][-1]
 
 
 async def test_stream_checks_the_bridge_before_spending_tokens() -> None:
@@ -401,9 +429,10 @@ async def test_stream_checks_the_bridge_before_spending_tokens() -> None:
 
 async def test_api_key_is_sent_and_a_missing_key_is_explained(start_bridge: Any) -> None:
     keyed = start_bridge(env={"BRIDGE_API_KEY": "k-123"})
-    probe = httpx.post(
-        f"{keyed.url}/api/v1/sessions/auth-probe/messages", json={"role": "ai", "content": "x"}
-    )
+    async with httpx.AsyncClient() as client:
+        probe = await client.post(
+            f"{keyed.url}/api/v1/sessions/auth-probe/messages", json={"role": "ai", "content": "x"}
+        )
     if probe.status_code == 200:
         pytest.skip("this bridge does not enforce BRIDGE_API_KEY yet (auth is a later issue)")
 

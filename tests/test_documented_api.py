@@ -16,7 +16,9 @@ from tests.support import RunningBridge
 async def test_send_component_request(bridge: RunningBridge) -> None:
     # Send: POST {role, content}; needs 200 and a JSON body (json.loads / json.dumps).
     async with httpx.AsyncClient(base_url=bridge.url) as http:
-        resp = await http.post("/api/v1/sessions/tab-1/messages", json={"role": "ai", "content": "hi"})
+        resp = await http.post(
+            "/api/v1/sessions/tab-1/messages", json={"role": "ai", "content": "hi"}
+        )
         assert resp.status_code == 200
         body = json.loads(resp.content)
         assert body["role"] == "ai" and body["content"] == "hi" and body["type"] == "text"
@@ -30,15 +32,22 @@ async def test_repeated_identical_posts_are_all_kept(bridge: RunningBridge) -> N
     # The original dropped a post equal to the previous one; the bridge keeps both.
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         for _ in range(2):
-            resp = await http.post("/api/v1/sessions/dup/messages", json={"role": "user", "content": "same"})
+            resp = await http.post(
+                "/api/v1/sessions/dup/messages", json={"role": "user", "content": "same"}
+            )
             assert resp.status_code == 200
         contents = [m["content"] for m in (await http.get("/api/v1/sessions/dup/messages")).json()]
         assert contents.count("same") == 2
 
 
 async def test_chat_template_component_request(bridge: RunningBridge) -> None:
-    template = {"welcome_msg": "Welcome!", "input_msg": "Ask me", "write_speed": 0.2,
-                "ai_avatar": "🤖", "user_avatar": "🙂"}
+    template = {
+        "welcome_msg": "Welcome!",
+        "input_msg": "Ask me",
+        "write_speed": 0.2,
+        "ai_avatar": "🤖",
+        "user_avatar": "🙂",
+    }
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         resp = await http.post("/api/v1/chats", json=template)
         assert resp.status_code == 200
@@ -52,10 +61,15 @@ async def test_chat_template_component_request(bridge: RunningBridge) -> None:
 async def test_listen_component_requests(bridge: RunningBridge) -> None:
     # Listen: POST the template, then long-poll; needs session_id, content and history.
     async with httpx.AsyncClient(base_url=bridge.url, timeout=30) as http:
-        assert (await http.post("/api/v1/chats", json={"welcome_msg": "Hello", "input_msg": "",
-                                                       "write_speed": 0.05})).status_code == 200
+        assert (
+            await http.post(
+                "/api/v1/chats", json={"welcome_msg": "Hello", "input_msg": "", "write_speed": 0.05}
+            )
+        ).status_code == 200
         waiting = asyncio.create_task(http.get("/api/v1/listen/message", params={"timeout": 20}))
-        await http.post("/api/v1/sessions/chat-7/messages", json={"role": "user", "content": "question"})
+        await http.post(
+            "/api/v1/sessions/chat-7/messages", json={"role": "user", "content": "question"}
+        )
         resp = await asyncio.wait_for(waiting, 20)
         assert resp.status_code == 200
         body = json.loads(resp.content)
@@ -67,7 +81,9 @@ async def test_listen_component_requests(bridge: RunningBridge) -> None:
 async def test_get_session_messages_component_request(bridge: RunningBridge) -> None:
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         for i in range(5):
-            await http.post("/api/v1/sessions/gsm/messages", json={"role": "user", "content": f"m{i}"})
+            await http.post(
+                "/api/v1/sessions/gsm/messages", json={"role": "user", "content": f"m{i}"}
+            )
         last_two = await http.get("/api/v1/sessions/gsm/messages", params={"limit": 2})
         assert last_two.status_code == 200
         assert [m["content"] for m in json.loads(last_two.content)] == ["m3", "m4"]

@@ -10,7 +10,9 @@ from tests.support import RunningBridge
 
 
 async def _post(http: httpx.AsyncClient, session: str, content: str, role: str = "user") -> None:
-    resp = await http.post(f"/api/v1/sessions/{session}/messages", json={"role": role, "content": content})
+    resp = await http.post(
+        f"/api/v1/sessions/{session}/messages", json={"role": role, "content": content}
+    )
     assert resp.status_code == 200
 
 

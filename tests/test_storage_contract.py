@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from bridge.models import Draft, Template
-from bridge.storage import Storage
 from tests.storage_backends import BACKENDS, opened
 
 pytestmark = pytest.mark.parametrize("kind", BACKENDS)
@@ -20,7 +19,9 @@ def _draft(content: str, role: str = "user", key: str | None = None) -> Draft:
     return Draft.build(role, content, key=key)
 
 
-async def test_append_creates_session_with_seed_and_contiguous_seqs(kind: str, tmp_path: Path) -> None:
+async def test_append_creates_session_with_seed_and_contiguous_seqs(
+    kind: str, tmp_path: Path
+) -> None:
     async with opened(kind, tmp_path) as store:
         first = await store.append("s1", _draft("a"), WELCOME)
         assert [m.seq for m in first.stored] == [1, 2]
@@ -164,5 +165,3 @@ async def test_durable_history_and_epoch_survive_reopen(kind: str, tmp_path: Pat
         assert [m.content for m in await store.history("p")] == ["welcome", "kept"]
         nxt = await store.append("p", _draft("next"), WELCOME)
         assert nxt.message.seq == 3
-
-

@@ -55,35 +55,41 @@ async def test_stream_grows_live_and_is_stored_whole(bridge: RunningBridge) -> N
 
 async def test_late_joiner_gets_text_so_far(bridge: RunningBridge) -> None:
     gate = Gate()
-    async with httpx.AsyncClient(base_url=bridge.url, timeout=20) as http:
-        async with ws_connect(bridge.ws_url, "late") as first:
-            await recv(first)
-            posting = asyncio.create_task(
-                http.post("/api/v1/sessions/late/messages/stream", params={"role": "ai"},
-                          content=gate.body())
+    async with (
+        httpx.AsyncClient(base_url=bridge.url, timeout=20) as http,
+        ws_connect(bridge.ws_url, "late") as first,
+    ):
+        await recv(first)
+        posting = asyncio.create_task(
+            http.post(
+                "/api/v1/sessions/late/messages/stream",
+                params={"role": "ai"},
+                content=gate.body(),
             )
-            for part in (b"one ", b"two "):
-                await gate.queue.put(part)
-                await recv_until(first, lambda e: e["event"] == "stream.delta")
-            async with ws_connect(bridge.ws_url, "late") as late:
-                events = await recv_until(late, lambda e: e["event"] == "stream.delta")
-                kinds = [e["event"] for e in events]
-                assert kinds[0] == "hello" and "stream.start" in kinds
-                assert events[-1]["delta"] == "one two "
-                await gate.queue.put(b"three")
-                more = await recv_until(late, lambda e: e["event"] == "stream.delta")
-                assert more[-1]["delta"] == "three"
-                await gate.queue.put(None)
-                end = await recv_until(late, lambda e: e["event"] == "stream.end")
-                assert end[-1]["message"]["content"] == "one two three"
-            assert (await posting).status_code == 200
+        )
+        for part in (b"one ", b"two "):
+            await gate.queue.put(part)
+            await recv_until(first, lambda e: e["event"] == "stream.delta")
+        async with ws_connect(bridge.ws_url, "late") as late:
+            events = await recv_until(late, lambda e: e["event"] == "stream.delta")
+            kinds = [e["event"] for e in events]
+            assert kinds[0] == "hello" and "stream.start" in kinds
+            assert events[-1]["delta"] == "one two "
+            await gate.queue.put(b"three")
+            more = await recv_until(late, lambda e: e["event"] == "stream.delta")
+            assert more[-1]["delta"] == "three"
+            await gate.queue.put(None)
+            end = await recv_until(late, lambda e: e["event"] == "stream.end")
+            assert end[-1]["message"]["content"] == "one two three"
+        assert (await posting).status_code == 200
 
 
 async def test_ndjson_stream_and_split_utf8(bridge: RunningBridge) -> None:
     body = "".join(json.dumps({"delta": d}) + "\n" for d in ["a", "ü", "c"]).encode()
     async with httpx.AsyncClient(base_url=bridge.url) as http:
         resp = await http.post(
-            "/api/v1/sessions/nd/messages/stream", content=body,
+            "/api/v1/sessions/nd/messages/stream",
+            content=body,
             headers={"content-type": "application/x-ndjson"},
         )
         assert resp.status_code == 200 and resp.json()["content"] == "aüc"
@@ -103,13 +109,16 @@ async def test_bad_stream_aborts_and_stores_nothing(bridge: RunningBridge) -> No
         async with ws_connect(bridge.ws_url, "ab", after=1) as ws:
             await recv(ws)
             resp = await http.post(
-                "/api/v1/sessions/ab/messages/stream", content=b'{"delta": "ok"}\nnot json\n',
+                "/api/v1/sessions/ab/messages/stream",
+                content=b'{"delta": "ok"}\nnot json\n',
                 headers={"content-type": "application/x-ndjson"},
             )
             assert resp.status_code == 422 and "not JSON" in resp.json()["detail"]
             events = await recv_until(ws, lambda e: e["event"] == "stream.abort")
             assert "not JSON" in events[-1]["detail"]
-            bad_role = await http.post("/api/v1/sessions/ab/messages/stream?role=robot", content=b"x")
+            bad_role = await http.post(
+                "/api/v1/sessions/ab/messages/stream?role=robot", content=b"x"
+            )
             assert bad_role.status_code == 422 and "role" in bad_role.json()["detail"]
         assert len((await http.get("/api/v1/sessions/ab/messages")).json()) == 1
 

@@ -15,7 +15,9 @@ from tests.wsclient import recv, recv_messages, recv_until, ws_connect
 
 
 async def _post(http: httpx.AsyncClient, session: str, content: str, role: str = "user") -> dict:
-    resp = await http.post(f"/api/v1/sessions/{session}/messages", json={"role": role, "content": content})
+    resp = await http.post(
+        f"/api/v1/sessions/{session}/messages", json={"role": role, "content": content}
+    )
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -67,7 +69,9 @@ async def test_resume_with_after_gets_exactly_what_was_missed(bridge: RunningBri
 
 async def test_concurrent_posts_contiguous_and_same_order_everywhere(bridge: RunningBridge) -> None:
     n = 200
-    async with httpx.AsyncClient(base_url=bridge.url, limits=httpx.Limits(max_connections=50)) as http:
+    async with httpx.AsyncClient(
+        base_url=bridge.url, limits=httpx.Limits(max_connections=50)
+    ) as http:
         await http.post("/api/v1/sessions/busy")
         sockets = [ws_connect(bridge.ws_url, "busy", after=1) for _ in range(3)]
         conns = [await s.__aenter__() for s in sockets]
@@ -88,11 +92,18 @@ async def test_concurrent_posts_contiguous_and_same_order_everywhere(bridge: Run
 
 
 async def test_subscriber_may_publish_and_gets_its_own_message(bridge: RunningBridge) -> None:
-    async with ws_connect(bridge.ws_url, "p", after=1) as a, ws_connect(bridge.ws_url, "p", after=1) as b:
+    async with (
+        ws_connect(bridge.ws_url, "p", after=1) as a,
+        ws_connect(bridge.ws_url, "p", after=1) as b,
+    ):
         await recv(a)
         await recv(b)
-        await a.send(json.dumps({"event": "message", "role": "user", "content": "from a", "id": "m-1"}))
-        await a.send(json.dumps({"event": "message", "role": "user", "content": "from a", "id": "m-1"}))
+        await a.send(
+            json.dumps({"event": "message", "role": "user", "content": "from a", "id": "m-1"})
+        )
+        await a.send(
+            json.dumps({"event": "message", "role": "user", "content": "from a", "id": "m-1"})
+        )
         await a.send(json.dumps({"event": "ping"}))
         got_a = await recv_until(a, lambda e: e["event"] == "pong")
         got_b = await recv_messages(b, 1)
@@ -122,17 +133,21 @@ async def test_bad_frames_get_error_events_and_socket_stays(bridge: RunningBridg
 
 
 async def test_presence_counts_and_events(bridge: RunningBridge) -> None:
-    async with httpx.AsyncClient(base_url=bridge.url) as http:
-        async with ws_connect(bridge.ws_url, "pr", after=1) as a:
-            await recv(a)
-            async with ws_connect(bridge.ws_url, "pr", after=1) as b:
-                assert (await recv(b))["subscribers"] == 2
-                joined = await recv_until(a, lambda e: e["event"] == "presence" and e["subscribers"] == 2)
-                assert joined
-                info = (await http.get("/api/v1/sessions/pr")).json()
-                assert info["subscribers"] == 2
-            left = await recv_until(a, lambda e: e["event"] == "presence" and e["subscribers"] == 1)
-            assert left[-1]["subscribers"] == 1
+    async with (
+        httpx.AsyncClient(base_url=bridge.url) as http,
+        ws_connect(bridge.ws_url, "pr", after=1) as a,
+    ):
+        await recv(a)
+        async with ws_connect(bridge.ws_url, "pr", after=1) as b:
+            assert (await recv(b))["subscribers"] == 2
+            joined = await recv_until(
+                a, lambda e: e["event"] == "presence" and e["subscribers"] == 2
+            )
+            assert joined
+            info = (await http.get("/api/v1/sessions/pr")).json()
+            assert info["subscribers"] == 2
+        left = await recv_until(a, lambda e: e["event"] == "presence" and e["subscribers"] == 1)
+        assert left[-1]["subscribers"] == 1
 
 
 async def test_template_change_pushed_to_every_session(bridge: RunningBridge) -> None:
@@ -140,8 +155,15 @@ async def test_template_change_pushed_to_every_session(bridge: RunningBridge) ->
         await recv(a)
         await recv(b)
         async with httpx.AsyncClient(base_url=bridge.url) as http:
-            resp = await http.post("/api/v1/chats", json={"welcome_msg": "New!", "input_msg": "?",
-                                                          "write_speed": 0.1, "ai_avatar": "🦜"})
+            resp = await http.post(
+                "/api/v1/chats",
+                json={
+                    "welcome_msg": "New!",
+                    "input_msg": "?",
+                    "write_speed": 0.1,
+                    "ai_avatar": "🦜",
+                },
+            )
             assert resp.status_code == 200
         for ws in (a, b):
             events = await recv_until(ws, lambda e: e["event"] == "template")

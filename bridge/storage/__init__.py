@@ -1,9 +1,9 @@
 """Storage backends behind one interface, chosen by URL scheme (imports are lazy).
 
-    memory://                      this process only
-    sqlite:///relative/path.db     a file relative to the working directory
-    sqlite:////absolute/path.db    an absolute path
-    redis://host:port/db           shared by several bridge instances
+memory://                      this process only
+sqlite:///relative/path.db     a file relative to the working directory
+sqlite:////absolute/path.db    an absolute path
+redis://host:port/db           shared by several bridge instances
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def open_storage(url: str, settings: Settings) -> Storage:
         from bridge.storage.sqlite import SqliteStorage
 
         return SqliteStorage(
-            Path(url[len("sqlite:///"):]),
+            Path(url[len("sqlite:///") :]),
             history_limit=settings.history_limit,
             synchronous=settings.sqlite_synchronous,
             batch_max=settings.commit_batch_max,

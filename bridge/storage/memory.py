@@ -65,7 +65,9 @@ class MemoryStorage:
     async def ping(self) -> None:
         return None
 
-    def _create(self, session_id: str, seed: Sequence[Draft]) -> tuple[_Session, list[StoredMessage]]:
+    def _create(
+        self, session_id: str, seed: Sequence[Draft]
+    ) -> tuple[_Session, list[StoredMessage]]:
         session = _Session(created_at=time.time())
         self._sessions[session_id] = session
         return session, [self._add(session_id, session, d) for d in seed]

@@ -222,7 +222,9 @@ class SqliteStorage:
 
     # -- write operations (run on the writer thread inside a transaction) -------------
 
-    def _insert(self, conn: sqlite3.Connection, session_id: str, seq: int, d: Draft) -> StoredMessage:
+    def _insert(
+        self, conn: sqlite3.Connection, session_id: str, seq: int, d: Draft
+    ) -> StoredMessage:
         message = StoredMessage.from_draft(session_id, seq, d)
         conn.execute(
             "INSERT INTO messages (id, session_id, seq, role, content, type, created_at, key)"

@@ -31,8 +31,6 @@ COMPONENTS = {
 # warnings into errors, so every Langflow test module carries these filters.
 LFX_WARNING_FILTERS = (
     "ignore::pydantic.warnings.PydanticDeprecationWarning",
-    "ignore::DeprecationWarning:lfx.*",
-    "ignore::DeprecationWarning:langchain_core.*",
 )
 
 _config_dir: str | None = None

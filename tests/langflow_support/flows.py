@@ -15,8 +15,12 @@ ECHO_FLOW_ID = "5b1e0c4e-7a52-4a8e-9d3c-000000000001"
 
 
 def echo_flow(base_url: str, *, timeout: int = 10) -> dict[str, Any]:
-    """Streamlit Listen -> Streamlit Send: replies to the next user message with its own text."""
+    """Streamlit Listen -> Streamlit Send -> Chat Output: echoes the next user message.
+
+    Chat Output (lfx's own) shows Send's result, the stored message, as the run's result.
+    """
     lfx_config_dir()
+    from lfx.components.input_output import ChatOutput
     from lfx.graph import Graph
 
     listen = make_component(
@@ -24,5 +28,7 @@ def echo_flow(base_url: str, *, timeout: int = 10) -> dict[str, Any]:
     )
     send = make_component("send", base_url=base_url, rerun=False, _id="send")
     send.set(session_id=listen.session_id_response, message=listen.message_content_response)
-    graph = Graph(listen, send, flow_id=ECHO_FLOW_ID, flow_name="streamlit-bridge echo")
+    output = ChatOutput(_id="output")
+    output.set(input_value=send.text_response)
+    graph = Graph(listen, output, flow_id=ECHO_FLOW_ID, flow_name="streamlit-bridge echo")
     return graph.dump(name="streamlit-bridge echo", description="Listen -> Send echo flow")

@@ -1,0 +1,268 @@
+"""Streamlit Chat Template: set the welcome message, input placeholder, typing speed and avatars.
+
+Drop-in replacement for the documented "StreamlitChatTemplate" component (`POST /api/v1/chats`).
+The bridge pushes a new template to every open chat tab at once; unlike the original server it
+does not restart the Streamlit process, so no tab is dropped.
+"""
+
+import json
+import urllib.parse
+from typing import Any
+
+import httpx
+from lfx.custom import Component
+from lfx.io import FloatInput, IntInput, MessageTextInput, Output, SecretStrInput, StrInput
+from lfx.schema.message import Message
+
+# ----------------------------------------------------------------------------------------------
+# Bridge HTTP helpers. Langflow rebuilds every node from its own file's text, so the component
+# files cannot import a shared module: this block is copied verbatim into each file of this
+# folder, and tests/test_component_loading.py fails if the copies drift apart.
+# ----------------------------------------------------------------------------------------------
+
+_BRIDGE_TIMEOUT = 10.0  # seconds for one ordinary call; the long poll and streams set their own
+_BRIDGE_ROLES = ("ai", "user")
+# Streamlit Listen marks the flow run with this key so Streamlit Send knows that a new run
+# would wait for the next user message (and so cannot loop on its own).
+_BRIDGE_LISTEN_MARK = "streamlit_bridge.listened_session"
+
+
+def _text_of(value: Any) -> str:
+    """The text of an input value: a connected Message or Data gives its text, None gives ''."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    get_text = getattr(value, "get_text", None)
+    text = get_text() if callable(get_text) else value
+    return "" if text is None else str(text)
+
+
+def _bridge_base_url(base_url: Any, hostname: Any, port: Any) -> str:
+    """The bridge's root URL: `base_url` when set (https and path prefixes work), else host:port."""
+    url = _text_of(base_url).strip().rstrip("/")
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Base URL must start with http:// or https://, got {url!r}.")
+        return url
+    host = _text_of(hostname).strip() or "localhost"
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"Port must be a whole number, got {port!r}.") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"Port must be between 1 and 65535, got {number}.")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal needs brackets inside a URL
+    return f"http://{host}:{number}"
+
+
+def _bridge_session_path(session_id: Any) -> str:
+    """`/api/v1/sessions/<id>` with the id percent-encoded, so it can never pick another route."""
+    session = _text_of(session_id).strip()
+    if not session:
+        raise ValueError(
+            "Session ID is empty: connect the Session ID output of Streamlit Listen "
+            "(or Streamlit Last Session), or type the id of a chat session."
+        )
+    if session in (".", ".."):
+        # HTTP clients resolve these as path segments, which would address another route.
+        raise ValueError(f"Session ID {session!r} is not a valid session id.")
+    return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
+
+
+def _bridge_role(role: Any) -> str:
+    """The message role, checked here so a typo fails before anything is sent."""
+    value = _text_of(role).strip()
+    if value not in _BRIDGE_ROLES:
+        raise ValueError(f"Role must be one of {', '.join(_BRIDGE_ROLES)}; got {value!r}.")
+    return value
+
+
+def _bridge_headers(api_key: Any) -> dict[str, str]:
+    """The auth header for a bridge that has an API key configured (none otherwise)."""
+    key = _text_of(api_key).strip()
+    return {"x-api-key": key} if key else {}
+
+
+def _bridge_error_detail(response: httpx.Response) -> str:
+    """The bridge's own explanation of a refused request (`{"detail": ...}`), shortened."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):  # request validation errors: a list of {"loc", "msg"}
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+                parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        detail = "; ".join(parts)
+    return str(detail)[:500]
+
+
+async def _bridge_request(
+    method: str,
+    base: str,
+    path: str,
+    *,
+    api_key: Any = None,
+    http_timeout: Any = _BRIDGE_TIMEOUT,
+    expect: tuple[int, ...] = (200,),
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One HTTP call to the bridge; any failure becomes an exception whose message says what
+    happened (Langflow shows only the message, so an httpx traceback would tell users nothing).
+    """
+    url = base + path
+    all_headers = {**_bridge_headers(api_key), **(headers or {})}
+    try:
+        async with httpx.AsyncClient(timeout=http_timeout) as client:
+            response = await client.request(method, url, headers=all_headers, **kwargs)
+    except httpx.ConnectError as exc:
+        raise ConnectionError(
+            f"Cannot reach the Streamlit bridge at {base} ({str(exc) or type(exc).__name__}). "
+            "Is it running (streamlit-bridge serve)? Check the hostname and port, or the base URL."
+        ) from None
+    except httpx.TimeoutException as exc:
+        # httpx timeout exceptions often have an empty message: name the call instead.
+        raise TimeoutError(
+            f"The Streamlit bridge at {base} did not answer {method} {path} in time "
+            f"({type(exc).__name__})."
+        ) from None
+    except httpx.HTTPError as exc:
+        raise ConnectionError(
+            f"{method} {url} failed: {type(exc).__name__}: {str(exc) or 'no details'}."
+        ) from None
+    if response.status_code in expect:
+        return response
+    detail = _bridge_error_detail(response).rstrip(".")
+    verb = "refused" if response.status_code < 500 else "failed on"
+    hint = ""
+    if response.status_code in (401, 403):
+        hint = " Set the API Key input to the bridge's key (BRIDGE_API_KEY)."
+    raise RuntimeError(
+        f"The Streamlit bridge at {base} {verb} {method} {path} "
+        f"(HTTP {response.status_code}): {detail}.{hint}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# End of the bridge HTTP helpers.
+# ----------------------------------------------------------------------------------------------
+
+
+class StreamlitBridgeChatTemplate(Component):
+    """Sets the chat template that every Streamlit chat tab of the bridge uses."""
+
+    display_name = "Streamlit Chat Template"
+    description = (
+        "Set the layout of the Streamlit chat pages: welcome message, placeholder, avatars."
+    )
+    icon = "Streamlit"
+    name = "StreamlitBridgeChatTemplate"
+
+    inputs = [  # noqa: RUF012 (Langflow reads these class attributes as declared)
+        MessageTextInput(
+            name="welcome_msg",
+            display_name="Welcome Message",
+            info="The first AI message of every new chat session.",
+            value="Welcome!",
+            required=True,
+        ),
+        MessageTextInput(
+            name="input_msg",
+            display_name="Input Message",
+            info="Placeholder of the chat input box.",
+            value="Enter your message",
+            required=True,
+        ),
+        FloatInput(
+            name="write_speed",
+            display_name="Write Speed",
+            info="Seconds between words when the page types out an AI message (0: at once).",
+            value=0.2,
+            required=True,
+        ),
+        MessageTextInput(
+            name="ai_avatar",
+            display_name="AI Avatar",
+            info="Icon of AI messages. It must be an emoji.",
+            value="🤖",
+            required=False,
+        ),
+        MessageTextInput(
+            name="user_avatar",
+            display_name="User Avatar",
+            info="Icon of user messages. It must be an emoji. Empty: Streamlit's default.",
+            value="",
+            required=False,
+        ),
+        IntInput(
+            name="port",
+            display_name="Port",
+            info="Port of the streamlit-bridge (ignored when Base URL is set).",
+            value=7881,
+            required=True,
+            advanced=True,
+        ),
+        StrInput(
+            name="hostname",
+            display_name="hostname",
+            info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
+            value="localhost",
+            required=True,
+            advanced=True,
+        ),
+        StrInput(
+            name="base_url",
+            display_name="Base URL",
+            info="Full URL of the bridge, e.g. https://chat.example.com/bridge. "
+            "Overrides hostname and port.",
+            value="",
+            advanced=True,
+        ),
+        SecretStrInput(
+            name="api_key",
+            display_name="API Key",
+            info="The bridge's API key (BRIDGE_API_KEY), sent as x-api-key. Empty: none.",
+            value="",
+            required=False,
+            advanced=True,
+        ),
+    ]
+
+    outputs = [  # noqa: RUF012
+        Output(display_name="Text", name="text", method="text_response", cache=False),
+    ]
+
+    async def text_response(self) -> Message:
+        """Send the template; return the bridge's answer as JSON text."""
+        base = _bridge_base_url(self.base_url, self.hostname, self.port)
+        try:
+            write_speed = float(self.write_speed)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Write Speed must be a number of seconds, got {self.write_speed!r}."
+            ) from None
+        if write_speed < 0:
+            raise ValueError(f"Write Speed cannot be negative, got {write_speed}.")
+        template: dict[str, Any] = {
+            "welcome_msg": _text_of(self.welcome_msg),
+            "input_msg": _text_of(self.input_msg),
+            "write_speed": write_speed,
+        }
+        # Avatars are optional: the documented template leaves them out when empty.
+        for key in ("ai_avatar", "user_avatar"):
+            value = _text_of(getattr(self, key)).strip()
+            if value:
+                template[key] = value
+        response = await _bridge_request(
+            "POST", base, "/api/v1/chats", api_key=self.api_key, json=template
+        )
+        self.status = "Template set."
+        return Message(text=json.dumps(response.json()))

@@ -1,0 +1,256 @@
+"""Streamlit Session Messages: read the stored messages of one chat session.
+
+Drop-in replacement for the documented "StreamlitGetSessionMessages" component
+(`GET /api/v1/sessions/{id}/messages?limit=n`, 0 = all), with outputs as JSON text and as Data.
+"""
+
+import json
+import urllib.parse
+from typing import Any
+
+import httpx
+from lfx.custom import Component
+from lfx.io import IntInput, MessageTextInput, Output, SecretStrInput, StrInput
+from lfx.schema.data import Data
+from lfx.schema.message import Message
+
+# ----------------------------------------------------------------------------------------------
+# Bridge HTTP helpers. Langflow rebuilds every node from its own file's text, so the component
+# files cannot import a shared module: this block is copied verbatim into each file of this
+# folder, and tests/test_component_loading.py fails if the copies drift apart.
+# ----------------------------------------------------------------------------------------------
+
+_BRIDGE_TIMEOUT = 10.0  # seconds for one ordinary call; the long poll and streams set their own
+_BRIDGE_ROLES = ("ai", "user")
+# Streamlit Listen marks the flow run with this key so Streamlit Send knows that a new run
+# would wait for the next user message (and so cannot loop on its own).
+_BRIDGE_LISTEN_MARK = "streamlit_bridge.listened_session"
+
+
+def _text_of(value: Any) -> str:
+    """The text of an input value: a connected Message or Data gives its text, None gives ''."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    get_text = getattr(value, "get_text", None)
+    text = get_text() if callable(get_text) else value
+    return "" if text is None else str(text)
+
+
+def _bridge_base_url(base_url: Any, hostname: Any, port: Any) -> str:
+    """The bridge's root URL: `base_url` when set (https and path prefixes work), else host:port."""
+    url = _text_of(base_url).strip().rstrip("/")
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Base URL must start with http:// or https://, got {url!r}.")
+        return url
+    host = _text_of(hostname).strip() or "localhost"
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"Port must be a whole number, got {port!r}.") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"Port must be between 1 and 65535, got {number}.")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal needs brackets inside a URL
+    return f"http://{host}:{number}"
+
+
+def _bridge_session_path(session_id: Any) -> str:
+    """`/api/v1/sessions/<id>` with the id percent-encoded, so it can never pick another route."""
+    session = _text_of(session_id).strip()
+    if not session:
+        raise ValueError(
+            "Session ID is empty: connect the Session ID output of Streamlit Listen "
+            "(or Streamlit Last Session), or type the id of a chat session."
+        )
+    if session in (".", ".."):
+        # HTTP clients resolve these as path segments, which would address another route.
+        raise ValueError(f"Session ID {session!r} is not a valid session id.")
+    return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
+
+
+def _bridge_role(role: Any) -> str:
+    """The message role, checked here so a typo fails before anything is sent."""
+    value = _text_of(role).strip()
+    if value not in _BRIDGE_ROLES:
+        raise ValueError(f"Role must be one of {', '.join(_BRIDGE_ROLES)}; got {value!r}.")
+    return value
+
+
+def _bridge_headers(api_key: Any) -> dict[str, str]:
+    """The auth header for a bridge that has an API key configured (none otherwise)."""
+    key = _text_of(api_key).strip()
+    return {"x-api-key": key} if key else {}
+
+
+def _bridge_error_detail(response: httpx.Response) -> str:
+    """The bridge's own explanation of a refused request (`{"detail": ...}`), shortened."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):  # request validation errors: a list of {"loc", "msg"}
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+                parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        detail = "; ".join(parts)
+    return str(detail)[:500]
+
+
+async def _bridge_request(
+    method: str,
+    base: str,
+    path: str,
+    *,
+    api_key: Any = None,
+    http_timeout: Any = _BRIDGE_TIMEOUT,
+    expect: tuple[int, ...] = (200,),
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One HTTP call to the bridge; any failure becomes an exception whose message says what
+    happened (Langflow shows only the message, so an httpx traceback would tell users nothing).
+    """
+    url = base + path
+    all_headers = {**_bridge_headers(api_key), **(headers or {})}
+    try:
+        async with httpx.AsyncClient(timeout=http_timeout) as client:
+            response = await client.request(method, url, headers=all_headers, **kwargs)
+    except httpx.ConnectError as exc:
+        raise ConnectionError(
+            f"Cannot reach the Streamlit bridge at {base} ({str(exc) or type(exc).__name__}). "
+            "Is it running (streamlit-bridge serve)? Check the hostname and port, or the base URL."
+        ) from None
+    except httpx.TimeoutException as exc:
+        # httpx timeout exceptions often have an empty message: name the call instead.
+        raise TimeoutError(
+            f"The Streamlit bridge at {base} did not answer {method} {path} in time "
+            f"({type(exc).__name__})."
+        ) from None
+    except httpx.HTTPError as exc:
+        raise ConnectionError(
+            f"{method} {url} failed: {type(exc).__name__}: {str(exc) or 'no details'}."
+        ) from None
+    if response.status_code in expect:
+        return response
+    detail = _bridge_error_detail(response).rstrip(".")
+    verb = "refused" if response.status_code < 500 else "failed on"
+    hint = ""
+    if response.status_code in (401, 403):
+        hint = " Set the API Key input to the bridge's key (BRIDGE_API_KEY)."
+    raise RuntimeError(
+        f"The Streamlit bridge at {base} {verb} {method} {path} "
+        f"(HTTP {response.status_code}): {detail}.{hint}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# End of the bridge HTTP helpers.
+# ----------------------------------------------------------------------------------------------
+
+
+class StreamlitBridgeGetSessionMessages(Component):
+    """Reads the last messages of a Streamlit chat session from the bridge."""
+
+    display_name = "Streamlit Session Messages"
+    description = "Retrieve the messages of a Streamlit chat session (streamlit-bridge)."
+    icon = "Streamlit"
+    name = "StreamlitBridgeGetSessionMessages"
+
+    inputs = [  # noqa: RUF012 (Langflow reads these class attributes as declared)
+        MessageTextInput(
+            name="session_id",
+            display_name="Session Id",
+            info="The chat session to read: connect Streamlit Listen's Session ID.",
+            value="",
+            required=True,
+        ),
+        IntInput(
+            name="limit",
+            display_name="Limit",
+            info="The limit of messages returned (the newest ones), 0 means limitless.",
+            value=10,
+            required=True,
+        ),
+        IntInput(
+            name="port",
+            display_name="Port",
+            info="Port of the streamlit-bridge (ignored when Base URL is set).",
+            value=7881,
+            required=True,
+            advanced=True,
+        ),
+        StrInput(
+            name="hostname",
+            display_name="hostname",
+            info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
+            value="localhost",
+            required=True,
+            advanced=True,
+        ),
+        StrInput(
+            name="base_url",
+            display_name="Base URL",
+            info="Full URL of the bridge, e.g. https://chat.example.com/bridge. "
+            "Overrides hostname and port.",
+            value="",
+            advanced=True,
+        ),
+        SecretStrInput(
+            name="api_key",
+            display_name="API Key",
+            info="The bridge's API key (BRIDGE_API_KEY), sent as x-api-key. Empty: none.",
+            value="",
+            required=False,
+            advanced=True,
+        ),
+    ]
+
+    outputs = [  # noqa: RUF012
+        Output(display_name="Text", name="text", method="text_response", cache=False),
+        Output(display_name="Data", name="data", method="data_response", cache=False),
+    ]
+
+    def _pre_run_setup(self) -> None:
+        # Called once per run before the outputs are built: read the session afresh.
+        self._messages: list[dict[str, Any]] | None = None
+
+    async def text_response(self) -> Message:
+        """The messages as a JSON list (oldest first)."""
+        return Message(text=json.dumps(await self._read()))
+
+    async def data_response(self) -> Data:
+        """The messages as {"session_id", "messages": [...]}."""
+        messages = await self._read()
+        return Data(data={"session_id": _text_of(self.session_id).strip(), "messages": messages})
+
+    async def _read(self) -> list[dict[str, Any]]:
+        # Both outputs of one run show the same read.
+        messages = getattr(self, "_messages", None)
+        if messages is not None:
+            return messages
+        base = _bridge_base_url(self.base_url, self.hostname, self.port)
+        path = _bridge_session_path(self.session_id) + "/messages"
+        try:
+            limit = int(self.limit)
+        except (TypeError, ValueError):
+            raise ValueError(f"Limit must be a whole number, got {self.limit!r}.") from None
+        if limit < 0:
+            raise ValueError(f"Limit cannot be negative (0 means all), got {limit}.")
+        response = await _bridge_request(
+            "GET", base, path, api_key=self.api_key, params={"limit": limit}, expect=(200, 204, 404)
+        )
+        if response.status_code != 200:
+            session = _text_of(self.session_id).strip()
+            raise LookupError(f"The Streamlit bridge at {base} has no session {session!r}.")
+        messages = response.json()
+        self._messages = messages
+        self.status = f"{len(messages)} message(s)."
+        return messages
