@@ -101,7 +101,8 @@ class Hub:
         for event in pending:
             if event.kind.startswith("stream.") and event.data["stream_id"] in replayed_ids:
                 continue
-            if not self._deliver(sub, event):
+            self._deliver(sub, event)
+            if sub.outbox.closed:  # kicked while flushing: the rest would go nowhere
                 break
 
     def dispatch(self, event: Event) -> int:

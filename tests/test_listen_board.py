@@ -1,0 +1,62 @@
+"""ListenBoard wake-ups and KeyedLocks, in process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.errors import RateLimited
+from bridge.listen import ListenBoard
+from bridge.ordering import KeyedLocks
+
+
+async def test_waiters_woken_each_item_claimed_once() -> None:
+    board = ListenBoard(max_waiters=10)
+    queue: list[int] = []
+
+    async def claim() -> int | None:
+        return queue.pop(0) if queue else None
+
+    waiters = [asyncio.create_task(board.wait(claim, 5)) for _ in range(3)]
+    await asyncio.sleep(0)  # let them park
+    for item in (1, 2, 3):
+        queue.append(item)
+        board.notify()
+    assert sorted(await asyncio.gather(*waiters)) == [1, 2, 3]
+
+
+async def test_timeout_returns_none_and_limit_refuses() -> None:
+    board = ListenBoard(max_waiters=1)
+
+    async def nothing() -> None:
+        return None
+
+    parked = asyncio.create_task(board.wait(nothing, 0.2))
+    await asyncio.sleep(0)
+    with pytest.raises(RateLimited):
+        await board.wait(nothing, 1)
+    assert await parked is None and board.waiting == 0
+
+
+async def test_keyed_locks_serialise_per_key_and_forget_idle_keys() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def work(key: str, tag: str, gate: asyncio.Event | None = None) -> None:
+        async with locks(key):
+            order.append(f"{tag}+")
+            if gate is not None:
+                await gate.wait()
+            order.append(f"{tag}-")
+
+    gate = asyncio.Event()
+    first = asyncio.create_task(work("k", "a", gate))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(work("k", "b"))
+    other = asyncio.create_task(work("j", "c"))
+    await other  # another key is not held up
+    gate.set()
+    await asyncio.gather(first, second)
+    assert order.index("a-") < order.index("b+") and "c-" in order
+    assert len(locks) == 0
