@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from bridge.auth import Auth
 from bridge.chunks import decode_chunks
 from bridge.errors import InvalidInput, PayloadTooLarge
-from bridge.models import MessageIn, Template, describe_validation_error
+from bridge.models import MessageIn, Template, check_session_id, describe_validation_error
+from bridge.ratelimit import RateLimiter
 from bridge.responses import json_response, no_content
 from bridge.service import BridgeService
 
@@ -22,6 +24,14 @@ router = APIRouter(prefix="/api/v1")
 M = TypeVar("M", bound=BaseModel)
 
 SessionPath = Annotated[str, "session id: [A-Za-z0-9_.:-]{1,128}"]
+
+
+def _rate_limited(request: Request) -> None:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.take(request.client.host if request.client else "unknown")
+
+
+Publish = Depends(_rate_limited)
 
 
 def _service(request: Request) -> BridgeService:
@@ -84,6 +94,12 @@ async def delete_session(session_id: SessionPath, request: Request) -> Response:
     return json_response({"deleted": session_id})
 
 
+@router.post("/sessions/{session_id}/token", summary="Mint a WebSocket token for a session")
+async def mint_token(session_id: SessionPath, request: Request) -> Response:
+    auth: Auth = request.app.state.auth
+    return json_response(auth.mint(check_session_id(session_id)).to_dict())
+
+
 @router.get("/sessions/{session_id}/messages", summary="The last `limit` messages (0: all)")
 async def session_messages(
     session_id: SessionPath, request: Request, limit: Annotated[int, Query(ge=0)] = 0
@@ -104,6 +120,7 @@ async def last_message(
     "/sessions/{session_id}/messages",
     summary="Publish a message (creates the session if new)",
     openapi_extra=_schema(MessageIn),
+    dependencies=[Publish],
 )
 async def post_message(
     session_id: SessionPath,
@@ -119,6 +136,7 @@ async def post_message(
 @router.post(
     "/sessions/{session_id}/messages/stream",
     summary="Publish a streamed reply from a chunked body (text or NDJSON {delta})",
+    dependencies=[Publish],
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -6,15 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
 from bridge import api, health, ws
+from bridge.auth import Auth
 from bridge.broker import open_broker
 from bridge.errors import BridgeError, RateLimited
 from bridge.hub import Hub
 from bridge.metrics import Metrics
+from bridge.ratelimit import RateLimiter
 from bridge.responses import json_response
 from bridge.service import BridgeService
 from bridge.settings import Settings
@@ -54,12 +56,19 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.service = service
+    app.state.auth = Auth(settings.api_key, settings.allowed_origins, settings.token_ttl_s)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.include_router(health.router)
-    app.include_router(api.router)
+    app.include_router(api.router, dependencies=[Depends(_require_key)])
     app.include_router(ws.router)
     app.add_exception_handler(BridgeError, _bridge_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
+
+
+def _require_key(request: Request) -> None:
+    auth: Auth = request.app.state.auth
+    auth.check_request(request)
 
 
 async def _bridge_error(request: Request, exc: Exception) -> Response:

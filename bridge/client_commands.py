@@ -107,8 +107,13 @@ def tail(url: str, api_key: str | None, session: str, after: int) -> int:
         last = after
         ws_base = "ws" + url[len("http") :] if url.startswith("http") else url
         backoff = 0.25
+        path = f"/api/v1/sessions/{quote(session, safe='')}"
         while True:
-            target = f"{ws_base}/api/v1/sessions/{quote(session, safe='')}/ws?after={last}"
+            target = f"{ws_base}{path}/ws?after={last}"
+            if api_key:  # sockets take a session token, minted with the key
+                with _reporting():
+                    minted = _check(httpx.post(f"{url}{path}/token", headers=_headers(api_key)))
+                target += f"&token={minted['token']}"
             try:
                 with connect(
                     target, additional_headers=_headers(api_key), compression=None, open_timeout=10

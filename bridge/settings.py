@@ -48,6 +48,7 @@ class Settings:
     rate_limit_burst: int = 50
     commit_batch_max: int = 512
     sqlite_synchronous: str = "FULL"
+    sqlite_busy_timeout_ms: int = 5000
     log_level: str = "info"
 
     @classmethod
@@ -84,6 +85,7 @@ class Settings:
             "rate_limit_per_s": (0, 1_000_000),
             "rate_limit_burst": (1, 1_000_000),
             "commit_batch_max": (1, 100_000),
+            "sqlite_busy_timeout_ms": (0, 600_000),
         }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from bridge.errors import BridgeError, InvalidInput
@@ -19,6 +20,7 @@ from bridge.events import Event
 from bridge.hub import Subscriber
 from bridge.models import MessageIn, check_session_id, describe_validation_error
 from bridge.outbox import Outbox
+from bridge.ratelimit import RateLimiter
 from bridge.service import BridgeService
 
 __all__ = ["router"]
@@ -27,6 +29,10 @@ router = APIRouter(prefix="/api/v1")
 
 _REPLAY_PAGE = 500
 _PONG = json.dumps({"event": "pong"})
+
+
+def _client(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"
 
 
 def _error(detail: str) -> str:
@@ -40,9 +46,7 @@ async def session_socket(websocket: WebSocket, session_id: str, after: str | Non
     try:
         check_session_id(session_id)
         start = _parse_after(after)
-        authorize = getattr(websocket.app.state, "authorize_socket", None)
-        if authorize is not None:
-            authorize(websocket, session_id)
+        websocket.app.state.auth.check_socket(websocket, session_id)
         info = await service.ensure_session(session_id)
     except BridgeError as exc:
         await websocket.accept()
@@ -130,12 +134,12 @@ async def _receive(websocket: WebSocket, service: BridgeService, sub: Subscriber
             sub.outbox.put(_error("send JSON text frames, not binary"))
             continue
         try:
-            await _handle(text, service, sub)
+            await _handle(text, websocket, service, sub)
         except BridgeError as exc:
             sub.outbox.put(_error(exc.detail))
 
 
-async def _handle(text: str, service: BridgeService, sub: Subscriber) -> None:
+async def _handle(text: str, websocket: WebSocket, service: BridgeService, sub: Subscriber) -> None:
     try:
         data: Any = json.loads(text)
     except ValueError as exc:
@@ -146,6 +150,8 @@ async def _handle(text: str, service: BridgeService, sub: Subscriber) -> None:
     if kind == "ping":
         sub.outbox.put(_PONG)
     elif kind == "message":
+        limiter: RateLimiter = websocket.app.state.rate_limiter
+        limiter.take(_client(websocket))
         try:
             message = MessageIn.model_validate(data)
         except ValidationError as exc:

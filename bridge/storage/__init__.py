@@ -37,6 +37,7 @@ def open_storage(url: str, settings: Settings) -> Storage:
             history_limit=settings.history_limit,
             synchronous=settings.sqlite_synchronous,
             batch_max=settings.commit_batch_max,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         )
     if scheme in ("redis", "rediss"):
         from bridge.storage.redis import RedisStorage  # type: ignore[import-not-found,unused-ignore]

@@ -75,6 +75,7 @@ class SqliteStorage:
         synchronous: str = "FULL",
         batch_max: int = 512,
         pending_max: int = 50_000,
+        busy_timeout_ms: int = 5000,
     ) -> None:
         self._path = path
         self._history_limit = history_limit
@@ -82,6 +83,7 @@ class SqliteStorage:
         self._synchronous = synchronous.upper()
         self._batch_max = batch_max
         self._pending_max = pending_max
+        self._busy_timeout_ms = busy_timeout_ms
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._wakeup = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
@@ -105,7 +107,9 @@ class SqliteStorage:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
+        # Another process holding the file (a backup, a stray sqlite3 shell) makes writes
+        # wait this long, then fail as 503 rather than hang the request.
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
         return conn
 
     def _open_writer(self) -> str:

@@ -1,0 +1,628 @@
+"""`redis://host:port/db?prefix=NAME`: one store shared by several bridge instances.
+
+Key layout (`P` is the prefix, default `bridge`; a session id never contains a space,
+and its keys end with a fixed suffix, so no two sessions' keys can collide):
+
+    P:epoch                 string   the history's lifetime (set once, kept forever)
+    P:template              string   the chat template as JSON
+    P:sessions              zset     session id -> creation ordinal (from P:ord)
+    P:ord                   string   counter of created sessions
+    P:listen                zset     "sid seq" -> ordinal (from P:listen:n): the Listen
+                                     backlog of every session, oldest first
+    P:listen:n              string   counter of backlog entries
+    P:s:{sid}:meta          hash     created_at, last_seq, last:ai, last:user
+    P:s:{sid}:msgs          zset     "seq|{json}" scored by seq (the message without seq)
+    P:s:{sid}:keys          zset     idempotency key -> seq of the message it stored
+    P:s:{sid}:listen        list     seqs of this session's backlog entries, oldest first
+
+Every write that must be atomic is one Lua script (sent with EVALSHA): an append assigns
+the seq, seeds a new session, checks the idempotency key, pushes Listen backlog entries
+and trims history in one step, so concurrent appends from any number of instances get
+contiguous seqs. The client never retries a command by itself: a retried append whose
+first attempt did run would store the message twice, so a failure is reported as
+`StorageUnavailable` and the caller retries with its idempotency key.
+
+Durability is Redis's: with `appendonly yes` and `appendfsync everysec` a Redis crash
+loses at most a second; a `kill -9` of a bridge loses nothing it answered 200 for.
+Scripts touch keys of other sessions only through the prefix (Listen claims of any
+session, reset), which standalone Redis allows; Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from bridge.errors import InvalidInput, StorageUnavailable
+from bridge.models import Draft, SessionInfo, StoredMessage, Template
+from bridge.settings import Settings
+from bridge.storage.base import Appended
+
+__all__ = [
+    "Keys",
+    "RedisStorage",
+    "RedisTarget",
+    "as_text",
+    "decode_message",
+    "redis_errors",
+]
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Defaults for the connection unless the URL's query names them (redis-py parses those).
+_CLIENT_DEFAULTS: dict[str, Any] = {
+    "socket_timeout": 2.0,
+    "socket_connect_timeout": 2.0,
+    "health_check_interval": 15,
+}
+# Query options passed on to redis-py (besides our own `prefix`).
+_URL_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {
+    "client_name",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+}
+_POOL_SIZE = 64
+_POOL_WAIT_S = 5.0
+_LISTEN_BACKLOG = 10_000
+_RESET_BATCH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A parsed `redis://` store URL: where to connect, the key prefix, and options."""
+
+    client_url: str
+    prefix: str
+    shown: str
+    options: dict[str, str]
+
+    @classmethod
+    def parse(cls, url: str) -> RedisTarget:
+        """Split off `prefix`; every other query option goes to redis-py unchanged."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise InvalidInput(f"bad store URL {_mask(url)!r}: use redis://host:port/db")
+        if not re.fullmatch(r"/?|/\d{1,5}", parts.path):
+            raise InvalidInput(
+                f"bad store URL {_mask(url)!r}: the path is the database number, as in /0"
+            )
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        prefix = query.pop("prefix", "bridge")
+        if not _PREFIX.fullmatch(prefix):
+            raise InvalidInput(
+                f"bad redis key prefix {prefix[:70]!r}: use 1-64 of A-Z a-z 0-9 _ . -"
+            )
+        unknown = sorted(set(query) - _URL_OPTIONS)
+        if unknown:
+            raise InvalidInput(
+                f"bad store URL {_mask(url)!r}: unknown option {unknown[0]!r} (known: prefix, "
+                f"{', '.join(sorted(_URL_OPTIONS))})"
+            )
+        client_url = urlunsplit(parts._replace(query=urlencode(query)))
+        try:
+            parse_url(client_url)  # bad db numbers and option values fail here, not later
+        except ValueError as exc:
+            raise InvalidInput(f"bad store URL {_mask(url)!r}: {exc}") from None
+        return cls(client_url, prefix, _mask(url), query)
+
+    def connect(self, name: str, *, max_connections: int = _POOL_SIZE) -> aioredis.Redis:
+        """A client on a bounded pool: a caller waits at most `_POOL_WAIT_S` for a
+        connection; commands are never retried by the client (see the module doc).
+        `name` shows in Redis's `CLIENT LIST`, to tell instances apart."""
+        kwargs: dict[str, Any] = {
+            k: v for k, v in _CLIENT_DEFAULTS.items() if k not in self.options
+        }
+        kwargs.setdefault("client_name", f"bridge:{self.prefix}:{name}")
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.client_url,
+            max_connections=max_connections,
+            timeout=_POOL_WAIT_S,
+            retry=Retry(NoBackoff(), 0),
+            **kwargs,
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+
+def _mask(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextmanager
+def redis_errors(where: str, what: str) -> Iterator[None]:
+    """Turn redis-py's errors into `StorageUnavailable` saying what failed and why."""
+    try:
+        yield
+    except redis.exceptions.TimeoutError as exc:
+        raise StorageUnavailable(
+            f"redis at {where} did not answer in time ({what}); a write may or may not "
+            "have happened: retry with the same Idempotency-Key"
+        ) from exc
+    except redis.exceptions.ConnectionError as exc:
+        raise StorageUnavailable(f"cannot reach redis at {where} ({what}): {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        text = str(exc)
+        # redis-py strips the error code from the text of the classes it knows.
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in text:
+            raise StorageUnavailable(
+                f"redis at {where} is out of memory (maxmemory reached); nothing was "
+                f"stored ({what})"
+            ) from exc
+        if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in text:
+            raise StorageUnavailable(
+                f"redis at {where} is a read-only replica; point the store at the primary"
+            ) from exc
+        raise StorageUnavailable(f"redis at {where} refused {what}: {text[:200]}") from exc
+    except redis.exceptions.RedisError as exc:
+        raise StorageUnavailable(f"redis at {where} failed ({what}): {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Every key and channel name of one prefix (the layout is in the module doc)."""
+
+    prefix: str
+
+    def session(self, session_id: str, part: str) -> str:
+        """A key of one session: part is meta, msgs, keys or listen."""
+        return f"{self.prefix}:s:{session_id}:{part}"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    @property
+    def template(self) -> str:
+        return f"{self.prefix}:template"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self.prefix}:sessions"
+
+    @property
+    def order(self) -> str:
+        return f"{self.prefix}:ord"
+
+    @property
+    def listen(self) -> str:
+        return f"{self.prefix}:listen"
+
+    @property
+    def listen_counter(self) -> str:
+        return f"{self.prefix}:listen:n"
+
+    @property
+    def events(self) -> str:
+        """The pub/sub channel of every event of this prefix."""
+        return f"{self.prefix}:events"
+
+    def lock(self, session_id: str) -> str:
+        return f"{self.prefix}:lock:{session_id}"
+
+    def lock_wait(self, session_id: str) -> str:
+        return f"{self.prefix}:lockwait:{session_id}"
+
+    def presence(self, session_id: str) -> str:
+        return f"{self.prefix}:presence:{session_id}"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}:instance:{instance_id}"
+
+
+def _encode(message: StoredMessage) -> str:
+    # ASCII-only JSON: a lone surrogate in content survives as an escape instead of
+    # failing the UTF-8 encoding on the way to Redis.
+    return json.dumps(
+        {
+            "id": message.id,
+            "role": message.role,
+            "content": message.content,
+            "type": message.type,
+            "created_at": message.created_at,
+        },
+        separators=(",", ":"),
+    )
+
+
+def as_text(value: object) -> str:
+    """A reply of a client without `decode_responses` (bytes) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_message(session_id: str, member: object) -> StoredMessage:
+    """A message from its `P:s:{sid}:msgs` member, `seq|{json}`."""
+    seq, _, body = as_text(member).partition("|")
+    data = json.loads(body)
+    return StoredMessage(
+        data["id"],
+        session_id,
+        int(seq),
+        data["role"],
+        data["content"],
+        data["type"],
+        data["created_at"],
+    )
+
+
+# KEYS: meta msgs keys slisten glisten sessions ord listen_n
+# ARGV: sid now history_limit backlog_limit mode key n prefix, then (json role key) per
+#       message: the seed first, then (mode "append") the draft.
+# Returns {0} (create: the session existed), {2, member} (duplicate key), or
+# {1, last_seq, created}.
+_APPEND = """
+local sid, now, mode, key = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
+local limit, backlog, total = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[7])
+local prefix = ARGV[8]
+local nseed = total
+if mode == 'append' then nseed = total - 1 end
+local last = redis.call('HGET', KEYS[1], 'last_seq')
+local first, created = 1, 0
+if last then
+  if mode == 'create' then return {0} end
+  if key ~= '' then
+    local seq = redis.call('ZSCORE', KEYS[3], key)
+    if seq then
+      local found = redis.call('ZRANGEBYSCORE', KEYS[2], seq, seq)
+      if found[1] then return {2, found[1]} end
+    end
+  end
+  first = nseed + 1
+  last = tonumber(last)
+else
+  last, created = 0, 1
+  redis.call('HSET', KEYS[1], 'created_at', now)
+  redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[7]), sid)
+end
+for i = first, total do
+  local o = 6 + i * 3
+  last = last + 1
+  redis.call('ZADD', KEYS[2], last, last .. '|' .. ARGV[o])
+  if ARGV[o + 2] ~= '' then redis.call('ZADD', KEYS[3], last, ARGV[o + 2]) end
+  redis.call('HSET', KEYS[1], 'last:' .. ARGV[o + 1], last)
+  if ARGV[o + 1] == 'user' then
+    redis.call('RPUSH', KEYS[4], last)
+    redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[8]), sid .. ' ' .. last)
+  end
+end
+redis.call('HSET', KEYS[1], 'last_seq', last)
+-- Trim in steps of a tenth of the limit so the cost is spread over many appends.
+if redis.call('ZCARD', KEYS[2]) > limit + math.max(1, math.floor(limit / 10)) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', last - limit)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', last - limit)
+end
+-- The backlog is bounded like the other backends': the oldest entries go first.
+local over = redis.call('ZCARD', KEYS[5]) - backlog
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[5], over)
+  for i = 1, #popped, 2 do
+    local cut = string.find(popped[i], ' ', 1, true)
+    local other = string.sub(popped[i], 1, cut - 1)
+    redis.call('LREM', prefix .. ':s:' .. other .. ':listen', 1, string.sub(popped[i], cut + 1))
+  end
+end
+return {1, last, created}
+"""
+
+# KEYS: meta msgs ; ARGV: role. The newest kept message of that role, or nil.
+_LAST_OF_ROLE = """
+local seq = redis.call('HGET', KEYS[1], 'last:' .. ARGV[1])
+if not seq then return false end
+local found = redis.call('ZRANGEBYSCORE', KEYS[2], seq, seq)
+return found[1] or false
+"""
+
+# KEYS: meta msgs keys slisten glisten sessions ; ARGV: sid
+_DELETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for _, seq in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  redis.call('ZREM', KEYS[5], ARGV[1] .. ' ' .. seq)
+end
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('ZREM', KEYS[6], ARGV[1])
+return 1
+"""
+
+# KEYS: sessions glisten ord listen_n ; ARGV: prefix batch. Deletes up to `batch`
+# sessions per call so that a reset of many sessions never blocks Redis for long; the
+# call that finds none left also drops the counters (nothing older remains to order).
+_RESET = """
+local sids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+for _, sid in ipairs(sids) do
+  local base = ARGV[1] .. ':s:' .. sid .. ':'
+  redis.call('UNLINK', base .. 'meta', base .. 'msgs', base .. 'keys', base .. 'listen')
+  redis.call('ZREM', KEYS[1], sid)
+end
+redis.call('UNLINK', KEYS[2])
+if #sids == 0 then redis.call('UNLINK', KEYS[3], KEYS[4]) end
+return #sids
+"""
+
+# KEYS: slisten glisten msgs ; ARGV: sid. Claim the oldest backlog entry of one session;
+# entries whose message was trimmed or deleted since are dropped on the way.
+_CLAIM_ONE = """
+while true do
+  local seq = redis.call('LPOP', KEYS[1])
+  if not seq then return false end
+  redis.call('ZREM', KEYS[2], ARGV[1] .. ' ' .. seq)
+  local found = redis.call('ZRANGEBYSCORE', KEYS[3], seq, seq)
+  if found[1] then return found[1] end
+end
+"""
+
+# KEYS: glisten ; ARGV: prefix. Claim the oldest backlog entry of any session.
+_CLAIM_ANY = """
+while true do
+  local popped = redis.call('ZPOPMIN', KEYS[1])
+  if not popped[1] then return false end
+  local cut = string.find(popped[1], ' ', 1, true)
+  local sid, seq = string.sub(popped[1], 1, cut - 1), string.sub(popped[1], cut + 1)
+  local base = ARGV[1] .. ':s:' .. sid .. ':'
+  redis.call('LREM', base .. 'listen', 1, seq)
+  local found = redis.call('ZRANGEBYSCORE', base .. 'msgs', seq, seq)
+  if found[1] then return {sid, found[1]} end
+end
+"""
+
+
+class RedisStorage:
+    """A `Storage` in Redis, shared by every bridge instance that uses the same URL."""
+
+    def __init__(
+        self, url: str, settings: Settings, *, listen_backlog: int = _LISTEN_BACKLOG
+    ) -> None:
+        self._target = RedisTarget.parse(url)
+        self._keys = Keys(self._target.prefix)
+        self._history_limit = settings.history_limit
+        self._listen_backlog = listen_backlog
+        self._client: aioredis.Redis | None = None
+        self._epoch = ""
+        # Bound to the client in `open`.
+        self._append: AsyncScript
+        self._last_of_role: AsyncScript
+        self._delete: AsyncScript
+        self._reset: AsyncScript
+        self._claim_one: AsyncScript
+        self._claim_any: AsyncScript
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def url(self) -> str:
+        return self._target.shown
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix this store writes under."""
+        return self._target.prefix
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        client = self._target.connect("store")
+        self._append = client.register_script(_APPEND)
+        self._last_of_role = client.register_script(_LAST_OF_ROLE)
+        self._delete = client.register_script(_DELETE)
+        self._reset = client.register_script(_RESET)
+        self._claim_one = client.register_script(_CLAIM_ONE)
+        self._claim_any = client.register_script(_CLAIM_ANY)
+        try:
+            with self._errors("open"):
+                # The first instance to open names the epoch; the others adopt it.
+                await client.set(self._keys.epoch, uuid.uuid4().hex, nx=True)
+                epoch = await client.get(self._keys.epoch)
+        except StorageUnavailable:
+            await client.aclose()
+            await client.connection_pool.aclose()
+            raise
+        self._epoch = as_text(epoch)
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+            await client.connection_pool.aclose()
+
+    async def ping(self) -> None:
+        with self._errors("ping"):
+            await self._redis().ping()
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StorageUnavailable(f"{self.url} is not open")
+        return self._client
+
+    def _errors(self, what: str) -> AbstractContextManager[None]:
+        return redis_errors(self._target.shown, what)
+
+    def _session_keys(self, session_id: str) -> list[str]:
+        k = self._keys
+        return [
+            k.session(session_id, "meta"),
+            k.session(session_id, "msgs"),
+            k.session(session_id, "keys"),
+            k.session(session_id, "listen"),
+            k.listen,
+            k.sessions,
+            k.order,
+            k.listen_counter,
+        ]
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def _run_append(
+        self, session_id: str, mode: str, drafts: Sequence[Draft], key: str | None
+    ) -> tuple[Any, list[StoredMessage]]:
+        now = time.time()
+        messages = [
+            StoredMessage(d.id, session_id, 0, d.role, d.content, d.type, now) for d in drafts
+        ]
+        args: list[str | int | float] = [
+            session_id,
+            repr(now),
+            self._history_limit,
+            self._listen_backlog,
+            mode,
+            key or "",
+            len(drafts),
+            self._keys.prefix,
+        ]
+        for d, m in zip(drafts, messages, strict=True):
+            args += [_encode(m), d.role, d.key or ""]
+        client = self._redis()
+        with self._errors(f"{mode} in session {session_id!r}"):
+            reply = await self._append(
+                keys=self._session_keys(session_id), args=args, client=client
+            )
+        return reply, messages
+
+    @staticmethod
+    def _numbered(messages: list[StoredMessage], last_seq: int) -> list[StoredMessage]:
+        first = last_seq - len(messages) + 1
+        return [
+            StoredMessage(m.id, m.session_id, first + i, m.role, m.content, m.type, m.created_at)
+            for i, m in enumerate(messages)
+        ]
+
+    async def create_session(
+        self, session_id: str, seed: Sequence[Draft]
+    ) -> tuple[StoredMessage, ...] | None:
+        reply, messages = await self._run_append(session_id, "create", seed, None)
+        if reply[0] == 0:
+            return None
+        return tuple(self._numbered(messages, int(reply[1])))
+
+    async def append(self, session_id: str, draft: Draft, seed: Sequence[Draft]) -> Appended:
+        reply, messages = await self._run_append(session_id, "append", [*seed, draft], draft.key)
+        if reply[0] == 2:
+            return Appended(decode_message(session_id, reply[1]), (), True)
+        last_seq, created = int(reply[1]), bool(reply[2])
+        stored = self._numbered(messages if created else messages[-1:], last_seq)
+        return Appended(stored[-1], tuple(stored), False)
+
+    async def delete_session(self, session_id: str) -> bool:
+        keys = self._session_keys(session_id)[:6]
+        with self._errors(f"delete session {session_id!r}"):
+            deleted = await self._delete(keys=keys, args=[session_id], client=self._redis())
+        return bool(deleted)
+
+    async def reset(self) -> None:
+        client = self._redis()
+        k = self._keys
+        keys = [k.sessions, k.listen, k.order, k.listen_counter]
+        with self._errors("reset"):
+            while await self._reset(
+                keys=keys, args=[self._keys.prefix, _RESET_BATCH], client=client
+            ):
+                pass
+
+    async def save_template(self, template: Template) -> None:
+        with self._errors("save the template"):
+            await self._redis().set(self._keys.template, template.model_dump_json())
+
+    async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
+        client = self._redis()
+        k = self._keys
+        with self._errors("claim a Listen message"):
+            if session_id is not None:
+                member = await self._claim_one(
+                    keys=[k.session(session_id, "listen"), k.listen, k.session(session_id, "msgs")],
+                    args=[session_id],
+                    client=client,
+                )
+                return None if member is None else decode_message(session_id, member)
+            found = await self._claim_any(keys=[k.listen], args=[k.prefix], client=client)
+        if found is None:
+            return None
+        return decode_message(as_text(found[0]), found[1])
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def history(
+        self,
+        session_id: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        last: int | None = None,
+    ) -> list[StoredMessage]:
+        key = self._keys.session(session_id, "msgs")
+        low = f"({after}"
+        high = "+inf" if before is None else f"({before}"
+        client = self._redis()
+        with self._errors(f"read the history of {session_id!r}"):
+            if last is None:
+                members = await client.zrangebyscore(key, low, high)
+            elif last <= 0:
+                return []
+            else:
+                members = await client.zrevrangebyscore(key, high, low, start=0, num=last)
+                members.reverse()
+        return [decode_message(session_id, m) for m in members]
+
+    async def last_message(self, session_id: str, role: str | None) -> StoredMessage | None:
+        client = self._redis()
+        with self._errors(f"read the last message of {session_id!r}"):
+            if role is None:
+                members = await client.zrange(self._keys.session(session_id, "msgs"), -1, -1)
+                member = members[0] if members else None
+            else:
+                member = await self._last_of_role(
+                    keys=[
+                        self._keys.session(session_id, "meta"),
+                        self._keys.session(session_id, "msgs"),
+                    ],
+                    args=[role],
+                    client=client,
+                )
+        return None if member is None else decode_message(session_id, member)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        client = self._redis()
+        with self._errors(f"read session {session_id!r}"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hmget(self._keys.session(session_id, "meta"), "created_at", "last_seq")
+                pipe.zcard(self._keys.session(session_id, "msgs"))
+                (created_at, last_seq), count = await pipe.execute()
+        if created_at is None:
+            return None
+        return SessionInfo(session_id, float(created_at), int(last_seq or 0), int(count))
+
+    async def sessions(self) -> list[str]:
+        with self._errors("list sessions"):
+            members = await self._redis().zrange(self._keys.sessions, 0, -1)
+        return [as_text(m) for m in members]
+
+    async def last_session(self) -> str | None:
+        with self._errors("read the last session"):
+            members = await self._redis().zrange(self._keys.sessions, -1, -1)
+        return as_text(members[0]) if members else None
+
+    async def load_template(self) -> Template | None:
+        with self._errors("load the template"):
+            body = await self._redis().get(self._keys.template)
+        return None if body is None else Template.model_validate_json(body)
