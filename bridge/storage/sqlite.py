@@ -179,7 +179,7 @@ class SqliteStorage:
             outcomes = await loop.run_in_executor(
                 self._wexec, self._commit, [op for op, _ in batch]
             )
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the writer must outlive any failure, or every write hangs
             error = StorageUnavailable(f"sqlite commit failed, nothing was stored: {exc}")
             for _, future in batch:
                 if not future.done():
