@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
@@ -27,11 +27,11 @@ SessionPath = Annotated[str, "session id: [A-Za-z0-9_.:-]{1,128}"]
 
 
 def _rate_limited(request: Request) -> None:
+    # Called in the route, not as a FastAPI dependency: resolving one costs more than
+    # the check itself on the publish path, which is the hot one.
     limiter: RateLimiter = request.app.state.rate_limiter
-    limiter.take(request.client.host if request.client else "unknown")
-
-
-Publish = Depends(_rate_limited)
+    if limiter.enabled:
+        limiter.take(request.client.host if request.client else "unknown")
 
 
 def _service(request: Request) -> BridgeService:
@@ -120,13 +120,13 @@ async def last_message(
     "/sessions/{session_id}/messages",
     summary="Publish a message (creates the session if new)",
     openapi_extra=_schema(MessageIn),
-    dependencies=[Publish],
 )
 async def post_message(
     session_id: SessionPath,
     request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Response:
+    _rate_limited(request)
     service = _service(request)
     message = await _body(request, MessageIn, _body_limit(request))
     stored = await service.post(session_id, message, idempotency_key)
@@ -136,7 +136,6 @@ async def post_message(
 @router.post(
     "/sessions/{session_id}/messages/stream",
     summary="Publish a streamed reply from a chunked body (text or NDJSON {delta})",
-    dependencies=[Publish],
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -153,6 +152,7 @@ async def stream_message(
     role: Annotated[str, Query(max_length=16)] = "ai",
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> Response:
+    _rate_limited(request)
     content_type = request.headers.get("content-type", "")
     ndjson = content_type.split(";")[0].strip() in ("application/x-ndjson", "application/jsonl")
     chunks = decode_chunks(request.stream(), ndjson=ndjson)

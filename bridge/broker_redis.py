@@ -15,16 +15,19 @@ again and its publish-to-send time covers the round trip.)
 Order: the service stores and publishes a session's message under `lock(session_id)`,
 a lock held across instances: a local `KeyedLocks` in front (an instance never
 contends with itself), then `SET NX PX` with a token, released by a script only if the
-token still matches. A waiter is woken by a release notice on the channel (sent only if
-someone waited), with a short poll as a safety net; it gives up with
-`StorageUnavailable` after `LOCK_WAIT_S`. A lock expires after `LOCK_TTL_MS` if its
-holder died.
+token still matches. The events the holder publishes for that session meanwhile are
+queued and sent by that release script, just before it deletes the lock: one round trip
+for both, and nobody can publish for the session in between. A waiter is woken by a
+release notice on the channel (sent only if someone waited), with a short poll as a
+safety net; it gives up with `StorageUnavailable` after `LOCK_WAIT_S`. A lock expires
+after `LOCK_TTL_MS` if its holder died.
 
 Gaps: an instance killed between storing a message and publishing it leaves a seq that
 no instance ever receives. For each session with subscribers here, the broker tracks the
 last seq it delivered; a message event that skips seqs first makes it read the missing
-ones from storage and deliver them (as `message` events). The same catch-up runs after
-the pub/sub connection was lost and is back.
+ones from storage and deliver them (as `message` events); if the skipped event shows up
+after all, it is not delivered twice. The same catch-up runs after the pub/sub
+connection was lost and is back.
 
 Presence: `P:presence:{sid}` is a hash of instance id -> subscribers there. An instance
 refreshes `P:instance:{id}` (a key with a TTL) every few seconds; fields of instances
@@ -46,6 +49,7 @@ from contextlib import (
     asynccontextmanager,
     suppress,
 )
+from contextvars import ContextVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -85,8 +89,11 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return 0
 """
 
-# KEYS: lock wait ; ARGV: token channel notice. Release only our own lock.
+# KEYS: lock wait ; ARGV: token channel notice payload... Publish the events of the
+# session published while it was held (they are stored: they go out even if the lock
+# expired meanwhile), then release the lock if it is still ours.
 _RELEASE = """
+for i = 4, #ARGV do redis.call('PUBLISH', ARGV[2], ARGV[i]) end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
@@ -144,6 +151,10 @@ class RedisBroker:
         # The highest seq a catch-up read delivered per session: the same message
         # arriving over pub/sub afterwards is not delivered twice.
         self._filled: dict[str, int] = {}
+        # (session id, events to publish on release) while this task holds its lock.
+        self._held: ContextVar[tuple[str, list[bytes]] | None] = ContextVar(
+            f"redis-broker-held-{self.instance_id}", default=None
+        )
         self._acquire: AsyncScript
         self._release: AsyncScript
         self._presence: AsyncScript
@@ -219,6 +230,11 @@ class RedisBroker:
         if len(self._own) > _OWN_MAX:
             self._own.popitem(last=False)  # lost on the way; it is parsed if it ever comes
         payload = f"{self.instance_id}|{counter}|{event.session_id}|{event.frame}"
+        held = self._held.get()
+        if held is not None and held[0] == event.session_id:
+            # Inside the session's lock: sent with the release, one round trip for both.
+            held[1].append(payload.encode("utf-8", "surrogatepass"))
+            return
         try:
             with self._errors("publish"):
                 await self._client.publish(
@@ -375,10 +391,15 @@ class RedisBroker:
     async def _hold(self, session_id: str) -> AsyncIterator[None]:
         async with self._locks(session_id):
             token = await self._take(session_id)
+            pending: list[bytes] = []
+            # The holder's task (and only it) sees which session it holds: `publish`
+            # queues that session's events for the release.
+            entered = self._held.set((session_id, pending))
             try:
                 yield
             finally:
-                await asyncio.shield(self._give_back(session_id, token))
+                self._held.reset(entered)
+                await asyncio.shield(self._give_back(session_id, token, pending))
 
     async def _take(self, session_id: str) -> str:
         client = self._redis()
@@ -405,7 +426,7 @@ class RedisBroker:
         finally:
             del self._wakeups[session_id]
 
-    async def _give_back(self, session_id: str, token: str) -> None:
+    async def _give_back(self, session_id: str, token: str, pending: list[bytes]) -> None:
         client = self._client
         if client is None:
             return
@@ -413,11 +434,17 @@ class RedisBroker:
             with self._errors(f"unlock session {session_id!r}"):
                 released = await self._release(
                     keys=[self._keys.lock(session_id), self._keys.lock_wait(session_id)],
-                    args=[token, self._keys.events, _UNLOCK + session_id.encode()],
+                    args=[token, self._keys.events, _UNLOCK + session_id.encode(), *pending],
                     client=client,
                 )
         except StorageUnavailable as exc:
-            log.warning("%s; the lock expires by itself within %d ms", exc.detail, LOCK_TTL_MS)
+            # Stored messages among `pending` reach subscribers through the gap check.
+            log.warning(
+                "%s (%d event(s) not published); the lock expires by itself within %d ms",
+                exc.detail,
+                len(pending),
+                LOCK_TTL_MS,
+            )
             return
         if not released:
             log.warning(

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bridge.events import ALL_SESSIONS, Event
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox
 
-__all__ = ["CLOSE_TOO_SLOW", "Hub", "Subscriber"]
+__all__ = ["CLOSE_TOO_SLOW", "Hub", "Subscriber", "Subscription"]
 
 CLOSE_TOO_SLOW = 4000
 Closer = Callable[[int, str], Awaitable[None]]
@@ -39,6 +38,24 @@ class Subscriber:
         self.close = close
         self.last_seq = 0
         self.pending: list[Event] | None = []
+
+
+class Subscription:
+    """The async context manager of `Hub.subscribe` (a class, not a generator: one of
+    these lives as long as each socket, so it should be small)."""
+
+    __slots__ = ("_hub", "_sub")
+
+    def __init__(self, hub: Hub, sub: Subscriber) -> None:
+        self._hub = hub
+        self._sub = sub
+
+    async def __aenter__(self) -> Subscriber:
+        self._hub._join(self._sub)
+        return self._sub
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._hub._leave(self._sub)
 
 
 @dataclass
@@ -66,29 +83,24 @@ class Hub:
         """Subscribers of every session on this process."""
         return sum(len(subs) for subs in self._topics.values())
 
-    @asynccontextmanager
-    async def subscribe(
-        self, session_id: str, outbox: Outbox, close: Closer
-    ) -> AsyncIterator[Subscriber]:
-        """Join `session_id` in pending mode; leaving is certain, whatever happens inside."""
-        sub = Subscriber(session_id, outbox, close)
+    def subscribe(self, session_id: str, outbox: Outbox, close: Closer) -> Subscription:
+        """`async with hub.subscribe(...) as sub:` joins `session_id` in pending mode;
+        leaving is certain, whatever happens inside."""
+        return Subscription(self, Subscriber(session_id, outbox, close))
+
+    def _join(self, sub: Subscriber) -> None:
         assert sub.pending is not None
-        for stream_id, stream in self._streams.get(session_id, {}).items():
-            sub.pending.append(
-                Event.of(session_id, "stream.start", stream_id=stream_id, role=stream.role)
-            )
-            sub.pending.append(
-                Event.of(
-                    session_id, "stream.delta", stream_id=stream_id, delta="".join(stream.text)
-                )
-            )
-        self._topics.setdefault(session_id, set()).add(sub)
+        for stream_id, stream in self._streams.get(sub.session_id, {}).items():
+            start = Event.of(sub.session_id, "stream.start", stream_id=stream_id, role=stream.role)
+            text = "".join(stream.text)
+            delta = Event.of(sub.session_id, "stream.delta", stream_id=stream_id, delta=text)
+            sub.pending += (start, delta)
+        self._topics.setdefault(sub.session_id, set()).add(sub)
         self._metrics.connections.inc()
-        try:
-            yield sub
-        finally:
-            self._remove(sub)
-            await outbox.aclose()
+
+    async def _leave(self, sub: Subscriber) -> None:
+        self._remove(sub)
+        await sub.outbox.aclose()
 
     def go_live(self, sub: Subscriber, replayed_ids: set[str]) -> None:
         """Deliver what was held while `sub` replayed history, then deliver live.
@@ -172,7 +184,7 @@ class Hub:
     async def _close(sub: Subscriber, code: int, reason: str) -> None:
         try:
             await sub.close(code, reason)
-        except Exception:  # the socket may be gone already; closing it is best effort
+        except Exception:  # the socket may be closed or gone already: best effort
             return
 
     def _remove(self, sub: Subscriber) -> bool:

@@ -43,7 +43,8 @@ class Outbox:
         self._send = send
         self._max_frames = max_frames
         self._max_bytes = max_bytes
-        self._backlog: deque[str] = deque()
+        # Created on the first backlog only: an idle socket should cost as little as possible.
+        self._backlog: deque[str] | None = None
         self._backlog_bytes = 0
         self._drainer: asyncio.Task[None] | None = None
         self.closed = False
@@ -52,22 +53,25 @@ class Outbox:
     @property
     def backlog(self) -> int:
         """Frames waiting for the socket."""
-        return len(self._backlog)
+        return len(self._backlog) if self._backlog is not None else 0
 
     def put(self, frame: str) -> bool:
         """Write or queue `frame`. False if the outbox is closed or has just overflowed."""
         if self.closed:
             return False
         if self._drainer is not None:
+            backlog = self._backlog
+            if backlog is None:
+                backlog = self._backlog = deque()
             if (
-                len(self._backlog) >= self._max_frames
+                len(backlog) >= self._max_frames
                 or self._backlog_bytes + len(frame) > self._max_bytes
             ):
                 self.overflowed = self.closed = True
-                self._backlog.clear()
+                self._backlog = None
                 self._backlog_bytes = 0
                 return False
-            self._backlog.append(frame)
+            backlog.append(frame)
             self._backlog_bytes += len(frame)
             return True
         coro = self._send(frame)
@@ -91,7 +95,7 @@ class Outbox:
     async def aclose(self) -> None:
         """Stop writing; drop the backlog."""
         self.closed = True
-        self._backlog.clear()
+        self._backlog = None
         if self._drainer is not None:
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)
@@ -103,6 +107,7 @@ class Outbox:
                 frame = self._backlog.popleft()
                 self._backlog_bytes -= len(frame)
                 await self._send(frame)
+            self._backlog = None
         except Exception:
             self.closed = True
         finally:

@@ -10,12 +10,13 @@ committed cannot leave it committed but unpublished.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bridge.broker import Broker
-from bridge.errors import InvalidInput, NotFound, PayloadTooLarge
+from bridge.errors import BridgeError, InvalidInput, NotFound, PayloadTooLarge
 from bridge.events import ALL_SESSIONS, Event
 from bridge.hub import Hub
 from bridge.listen import ListenBoard
@@ -33,6 +34,8 @@ from bridge.settings import Settings
 from bridge.storage import Storage
 
 __all__ = ["BridgeService", "Listened", "SessionView"]
+
+log = logging.getLogger("bridge")
 
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
@@ -90,6 +93,8 @@ class BridgeService:
         self.metrics = metrics
         self._listen = ListenBoard(max_waiters=settings.listen_waiters_max)
         self._template = Template()
+        self._presence_due: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -341,7 +346,33 @@ class BridgeService:
     # -- subscriptions -------------------------------------------------------------------
 
     async def presence_changed(self, session_id: str, delta: int) -> int:
-        """Count a subscriber in or out and tell the session's subscribers."""
+        """Count a subscriber in or out; the session hears of it within
+        `presence_interval_s`, in one `presence` event however many joined or left.
+
+        One event per join would cost N frames per join: N² to open N tabs of a session.
+        """
         count = await self.broker.presence(session_id, delta)
-        await self.broker.publish(Event.of(session_id, "presence", subscribers=count))
+        if session_id not in self._presence_due:
+            self._presence_due.add(session_id)
+            asyncio.get_running_loop().call_later(
+                self.settings.presence_interval_s, self._announce_presence, session_id
+            )
         return count
+
+    def _announce_presence(self, session_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish_presence(session_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_presence(self, session_id: str) -> None:
+        self._presence_due.discard(session_id)
+        try:
+            count = await self.broker.presence(session_id, 0)
+            await self.broker.publish(Event.of(session_id, "presence", subscribers=count))
+        except BridgeError as exc:  # presence is advisory; a store hiccup must not surface
+            log.warning("presence of %s not announced: %s", session_id, exc.detail)
+
+    async def stop(self) -> None:
+        """Wait for background announcements to finish."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -42,6 +42,7 @@ class Settings:
     listen_timeout_max_s: float = 600.0
     listen_history_limit: int = 100
     listen_waiters_max: int = 1000
+    presence_interval_s: float = 0.25
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 20.0
     rate_limit_per_s: float = 0.0
@@ -80,6 +81,7 @@ class Settings:
             "listen_timeout_max_s": (0, 86400),
             "listen_history_limit": (0, 100_000),
             "listen_waiters_max": (1, 100_000),
+            "presence_interval_s": (0, 60),
             "ping_interval_s": (0, 3600),
             "ping_timeout_s": (0, 3600),
             "rate_limit_per_s": (0, 1_000_000),

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from bridge.errors import BridgeError, InvalidInput
 from bridge.events import Event
@@ -53,22 +53,19 @@ async def session_socket(websocket: WebSocket, session_id: str, after: str | Non
         await websocket.close(exc.close_code, exc.detail[:120])
         return
     await websocket.accept()
-
-    async def close(code: int, reason: str) -> None:
-        if websocket.client_state == WebSocketState.CONNECTED:
-            await websocket.close(code, reason)
-
+    last_seq = info.last_seq
+    del info  # this frame lives as long as the socket: keep it small
     settings = service.settings
     outbox = Outbox(
         websocket.send_text,
         max_frames=settings.subscriber_buffer,
         max_bytes=settings.subscriber_buffer_bytes,
     )
-    async with service.hub.subscribe(session_id, outbox, close) as sub:
+    async with service.hub.subscribe(session_id, outbox, websocket.close) as sub:
         try:
             subscribers = await service.presence_changed(session_id, +1)
             try:
-                await _hello_and_replay(service, sub, info.last_seq, start, subscribers)
+                await _hello_and_replay(service, sub, last_seq, start, subscribers)
                 await _receive(websocket, service, sub)
             finally:
                 await service.presence_changed(session_id, -1)

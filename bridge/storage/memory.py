@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,18 +14,20 @@ from bridge.storage.base import Appended
 __all__ = ["MemoryStorage"]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Session:
     created_at: float
     messages: list[StoredMessage] = field(default_factory=list)
     last_seq: int = 0
-    keys: dict[str, StoredMessage] = field(default_factory=dict)
+    keys: dict[str, StoredMessage] | None = None  # made on the first idempotency key
 
     def add(self, session_id: str, draft: Draft) -> StoredMessage:
         self.last_seq += 1
         message = StoredMessage.from_draft(session_id, self.last_seq, draft)
         self.messages.append(message)
         if draft.key:
+            if self.keys is None:
+                self.keys = {}
             self.keys[draft.key] = message
         return message
 
@@ -35,7 +37,8 @@ class _Session:
             return
         del self.messages[: len(self.messages) - limit]
         first = self.messages[0].seq
-        self.keys = {k: m for k, m in self.keys.items() if m.seq >= first}
+        if self.keys:
+            self.keys = {k: m for k, m in self.keys.items() if m.seq >= first}
 
 
 class MemoryStorage:
@@ -43,7 +46,7 @@ class MemoryStorage:
 
     def __init__(self, *, history_limit: int = 10_000, listen_backlog: int = 10_000) -> None:
         self._epoch = uuid.uuid4().hex
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._sessions: dict[str, _Session] = {}  # insertion order is creation order
         self._template: Template | None = None
         self._history_limit = history_limit
         self._listen: deque[StoredMessage] = deque(maxlen=listen_backlog)
@@ -90,7 +93,7 @@ class MemoryStorage:
         stored: list[StoredMessage] = []
         if session is None:
             session, stored = self._create(session_id, seed)
-        elif draft.key is not None and (first := session.keys.get(draft.key)) is not None:
+        elif draft.key and session.keys and (first := session.keys.get(draft.key)):
             return Appended(first, (), True)
         message = self._add(session_id, session, draft)
         session.trim(self._history_limit)
