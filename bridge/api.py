@@ -39,10 +39,24 @@ def _service(request: Request) -> BridgeService:
     return service
 
 
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed `limit`: a huge body is
+    never buffered whole (its declared length, or the running count, gives it away)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def _body(request: Request, model: type[M], limit: int) -> M:
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {limit}")
+    body = await _read_limited(request, limit)
     if not body:
         raise InvalidInput(f"request body is empty: send a JSON object ({model.__name__})")
     try:
@@ -102,7 +116,7 @@ async def mint_token(session_id: SessionPath, request: Request) -> Response:
 
 @router.get("/sessions/{session_id}/messages", summary="The last `limit` messages (0: all)")
 async def session_messages(
-    session_id: SessionPath, request: Request, limit: Annotated[int, Query(ge=0)] = 0
+    session_id: SessionPath, request: Request, limit: Annotated[int, Query(ge=0, le=2**62)] = 0
 ) -> Response:
     messages = await _service(request).history(session_id, limit)
     return json_response([m.to_dict() for m in messages])

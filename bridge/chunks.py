@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 from bridge.errors import InvalidInput
+from bridge.models import check_text
 
 __all__ = ["decode_chunks"]
 
@@ -16,9 +17,14 @@ def _delta(line: str) -> str:
         data = json.loads(line)
     except ValueError as exc:
         raise InvalidInput(f"stream line is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("stream line is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("delta"), str):
         raise InvalidInput('each stream line must be a JSON object {"delta": "..."}')
-    return str(data["delta"])
+    try:
+        return check_text(data["delta"])
+    except ValueError as exc:
+        raise InvalidInput(f"stream delta is {exc}") from None
 
 
 async def decode_chunks(raw: AsyncIterator[bytes], *, ndjson: bool) -> AsyncIterator[str]:

@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     chat = client("chat", "start the Streamlit chat page")
     chat.add_argument("--port", type=int, default=5001)
     chat.add_argument("--host", default="127.0.0.1")
+    chat.add_argument(
+        "--browser-bridge",
+        default=None,
+        help="the bridge's URL as the user's browser reaches it, if not --bridge "
+        "(BRIDGE_BROWSER_URL; e.g. https://chat.example.com behind a proxy)",
+    )
 
     client("demo-bot", "answer user messages by streaming a reply word by word")
 
@@ -120,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "chat":
             from streamlit_client.launcher import run_chat
 
-            return run_chat(args.port, url, host=args.host)
+            return run_chat(args.port, url, host=args.host, browser_bridge_url=args.browser_bridge)
         if args.command == "demo-bot":
             from streamlit_client.demo_bot import run
 

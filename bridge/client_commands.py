@@ -167,7 +167,11 @@ def up(port: int, chat_port: int, store: str | None) -> int:
     url = f"http://127.0.0.1:{port}"
     exe = [sys.executable, "-m", "bridge"]
     serve = [*exe, "serve", "--port", str(port)] + (["--store", store] if store else [])
-    children = [subprocess.Popen(serve)]
+    # The page's origin must be allowed to open sockets; the default allows port 5001 only.
+    origins = ",".join(f"http://{h}:{chat_port}" for h in ("localhost", "127.0.0.1", "[::1]"))
+    serve_env = {**os.environ}
+    serve_env.setdefault("BRIDGE_ALLOWED_ORIGINS", origins)
+    children = [subprocess.Popen(serve, env=serve_env)]
     try:
         print(f"starting the bridge on {url} ...", flush=True)
         deadline = time.monotonic() + 30

@@ -26,7 +26,14 @@ class ListenBoard:
     def __init__(self, *, max_waiters: int) -> None:
         self._max_waiters = max_waiters
         self._changed = asyncio.Event()
+        self._closed = False
         self.waiting = 0
+
+    def close(self) -> None:
+        """The bridge is stopping: waiting calls return None (204) now, new ones at once,
+        so that shutdown is not held up by long polls."""
+        self._closed = True
+        self.notify()
 
     def notify(self) -> None:
         """A user message was stored: wake every waiting call."""
@@ -47,7 +54,7 @@ class ListenBoard:
                 if found is not None:
                     return found
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self._closed:
                     return None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), remaining)

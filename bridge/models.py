@@ -6,9 +6,9 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import InvalidInput
 
@@ -20,6 +20,7 @@ __all__ = [
     "StoredMessage",
     "Template",
     "check_session_id",
+    "check_text",
     "describe_validation_error",
 ]
 
@@ -29,6 +30,22 @@ MessageType = Literal["text", "image"]
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def check_text(text: str) -> str:
+    """Return `text` if it can be stored as UTF-8. JSON's `\\ud800` escapes decode to lone
+    surrogates, which no store can encode: they are refused here, before anything is
+    written, rather than failing a commit that other messages share."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"not valid Unicode text: lone surrogate {text[exc.start]!r} at {exc.start}"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(check_text)]
 
 
 def check_session_id(session_id: str) -> str:
@@ -52,7 +69,7 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
     role: Role
-    content: str
+    content: Text
     type: MessageType = "text"
     id: str | None = Field(default=None, pattern=f"^{_MESSAGE_ID.pattern}$", max_length=128)
 
@@ -62,11 +79,11 @@ class Template(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    welcome_msg: str = Field(default="Hi! How can I help you today?", max_length=10_000)
-    input_msg: str = Field(default="Type a message", max_length=1_000)
+    welcome_msg: Text = Field(default="Hi! How can I help you today?", max_length=10_000)
+    input_msg: Text = Field(default="Type a message", max_length=1_000)
     write_speed: float = Field(default=0.05, ge=0.0, le=5.0)
-    ai_avatar: str | None = Field(default=None, max_length=64)
-    user_avatar: str | None = Field(default=None, max_length=64)
+    ai_avatar: Text | None = Field(default=None, max_length=64)
+    user_avatar: Text | None = Field(default=None, max_length=64)
     port: int = Field(default=5001, ge=1, le=65535)
 
 

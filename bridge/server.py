@@ -6,6 +6,7 @@ import logging
 import socket
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from bridge.app import CLOSE_GOING_AWAY, create_app
 from bridge.service import BridgeService
@@ -14,6 +15,23 @@ from bridge.settings import Settings
 __all__ = ["serve"]
 
 log = logging.getLogger("bridge")
+
+
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, answering handshakes it cannot parse.
+
+    When the request line or headers are too long (a 10 KB session id, say), the
+    `websockets` parser queues a 414/431 response but no request event, and uvicorn 0.54
+    never writes it: the client hangs until its own timeout. Here the queued answer is
+    sent and the connection closed.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_complete and self.conn.handshake_exc is not None:
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.handshake_complete = True
+            self.transport.close()
 
 
 class _BridgeServer(uvicorn.Server):
@@ -26,6 +44,7 @@ class _BridgeServer(uvicorn.Server):
         self._service = service
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._service.stop_listening()
         await self._service.hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down")
         await super().shutdown(sockets)
 
@@ -38,7 +57,7 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=_WebSocketProtocol,
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=settings.ping_interval_s or None,
         ws_ping_timeout=settings.ping_timeout_s or None,

@@ -33,7 +33,10 @@ from bridge.models import (
 from bridge.settings import Settings
 from bridge.storage import Storage
 
-__all__ = ["BridgeService", "Listened", "SessionView"]
+__all__ = ["WELCOME_ID", "BridgeService", "Listened", "SessionView"]
+
+WELCOME_ID = "welcome"
+"""The id of every session's first message, the template's welcome."""
 
 log = logging.getLogger("bridge")
 
@@ -116,8 +119,10 @@ class BridgeService:
         return self._template
 
     def _welcome(self) -> tuple[Draft, ...]:
+        # A fixed id lets pages recognise the welcome (and show the current template's
+        # text there); no idempotency key, so a client's own id "welcome" is not blocked.
         text = self._template.welcome_msg
-        return (Draft.build("ai", text),) if text else ()
+        return (Draft("ai", text, "text", WELCOME_ID, None),) if text else ()
 
     # -- validation --------------------------------------------------------------------
 
@@ -371,6 +376,10 @@ class BridgeService:
             await self.broker.publish(Event.of(session_id, "presence", subscribers=count))
         except BridgeError as exc:  # presence is advisory; a store hiccup must not surface
             log.warning("presence of %s not announced: %s", session_id, exc.detail)
+
+    def stop_listening(self) -> None:
+        """Answer every waiting Listen call now (shutdown)."""
+        self._listen.close()
 
     async def stop(self) -> None:
         """Wait for background announcements to finish."""

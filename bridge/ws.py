@@ -141,6 +141,8 @@ async def _handle(text: str, websocket: WebSocket, service: BridgeService, sub: 
         data: Any = json.loads(text)
     except ValueError as exc:
         raise InvalidInput(f"frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("frame is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidInput('a frame must be a JSON object with an "event" field')
     kind = data.pop("event", None)

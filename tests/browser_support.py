@@ -7,19 +7,17 @@ on a free port; Chromium is Debian's, driven by Playwright, never a downloaded b
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from streamlit_client.launcher import PAGE, chat_command, chat_env
-from tests.support import ROOT, RunningBridge, wait_until
+from tests.support import ROOT, wait_until
 
 __all__ = [
     "BROWSER_ARGS",
     "CHROMIUM",
-    "ClosingBridge",
     "RunningPage",
     "launch_chromium",
 ]
@@ -38,25 +36,6 @@ BROWSER_ARGS = [
 def launch_chromium(playwright):  # type: ignore[no-untyped-def]
     """Debian's Chromium, headless, with the flags CI needs."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-
-
-class ClosingBridge(RunningBridge):
-    """`RunningBridge` whose `start` closes our copy of the log file.
-
-    `tests.support.RunningBridge.start` leaves it open; with warnings as errors the
-    ResourceWarning from its garbage collection fails the next test.
-    """
-
-    def start(self, timeout: float = 20.0) -> ClosingBridge:
-        cmd = [
-            sys.executable, "-m", "bridge", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "--store", self.store,
-            *self.extra_args,
-        ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log)
-        wait_until(self._healthy, timeout, f"bridge on port {self.port} (log: {self.log_path})")
-        return self
 
 
 @dataclass
@@ -83,7 +62,8 @@ class RunningPage:
         return f"{self.url}/?session={session_id}"
 
     def start(self, timeout: float = 30.0) -> RunningPage:
-        env = chat_env(self.bridge_url)
+        # Explicit, so that BRIDGE_* variables of the caller's shell cannot leak in.
+        env = chat_env(self.bridge_url, browser_bridge_url=self.bridge_url, history_limit=50)
         env.update(self.extra_env)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(

@@ -58,11 +58,31 @@ def test_only_pushed_non_streamed_ai_messages_are_typed_and_only_once() -> None:
     assert state.streamed == {4}
 
 
+def test_a_full_run_leaves_messages_to_type_in_the_live_part() -> None:
+    state = loaded(1)
+    state.apply_push({"nonce": 1, "messages": [raw(2), raw(3, "user")]})
+    state.start_full_run()
+    assert [m.seq for m in state.live()] == [2, 3]
+    state.take_fresh()
+    state.start_full_run()
+    assert state.live() == []
+
+
+def test_a_full_run_is_wanted_for_many_live_messages_but_not_while_typing() -> None:
+    state = loaded(1)
+    state.apply_push({"nonce": 1, "messages": [raw(s) for s in range(2, 6)]})
+    state.start_full_run()  # all four are still to be typed: they stay live
+    assert len(state.live()) == 4 and not state.wants_full_run(3)
+    state.take_fresh()
+    assert state.wants_full_run(3) and not state.wants_full_run(4)
+
+
 def test_live_and_history_split_at_the_last_full_run() -> None:
     state = loaded(1, 2)
     state.apply_push({"nonce": 1, "messages": [raw(3), raw(4)]})
     assert [m.seq for m in state.history()] == [1, 2]
     assert [m.seq for m in state.live()] == [3, 4]
+    state.take_fresh()  # the live part drew (typed) them
     state.start_full_run()
     assert [m.seq for m in state.history()] == [1, 2, 3, 4]
     assert state.live() == []
@@ -139,3 +159,13 @@ def test_the_client_modules_never_import_streamlit() -> None:
         " streamlit_client.launcher; assert 'streamlit' not in sys.modules, 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_exported_name_exists() -> None:
+    import streamlit_client
+
+    for name in streamlit_client.__all__:
+        assert getattr(streamlit_client, name) is not None, name
+    from streamlit_client import chat
+
+    assert callable(chat)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 
@@ -48,3 +49,16 @@ async def test_locked_database_answers_503_then_recovers(start_bridge, tmp_path)
         assert again.status_code == 200 and again.json()["seq"] == 3  # no gap, no partial write
         seqs = [m["seq"] for m in (await http.get("/api/v1/sessions/lk/messages")).json()]
         assert seqs == [1, 2, 3]
+
+
+async def test_sigterm_answers_waiting_listen_calls(bridge: RunningBridge) -> None:
+    async with httpx.AsyncClient(base_url=bridge.url, timeout=30) as http:
+        waiting = asyncio.create_task(http.get("/api/v1/listen/message", params={"timeout": 60}))
+        async with asyncio.timeout(10):
+            while "bridge_listen_waiting 1.0" not in (await http.get("/metrics")).text:
+                await asyncio.sleep(0.02)  # poll interval
+        bridge.proc.terminate()  # type: ignore[union-attr]
+        # Answered at once (not after its 60 s), and the bridge stops without waiting for it.
+        resp = await asyncio.wait_for(waiting, 8)
+    assert resp.status_code == 204
+    assert bridge.proc.wait(timeout=10) == -signal.SIGTERM  # type: ignore[union-attr]

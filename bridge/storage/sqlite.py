@@ -204,7 +204,7 @@ class SqliteStorage:
                 try:
                     outcomes.append((True, op(conn)))
                     conn.execute("RELEASE op")
-                except sqlite3.Error as exc:
+                except Exception as exc:  # this write fails alone; the batch goes on
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((False, StorageUnavailable(f"sqlite: {exc}")))

@@ -1,0 +1,383 @@
+// The chat page's listener: one WebSocket per tab and session, feeding Python one value
+// at a time. Loaded by streamlit_client/component.py as an st.components.v2 module.
+//
+// Streamlit calls the default export again on every `data` change and never runs the
+// previous cleanup, so all state lives in a page-global registry keyed by the component
+// key, and the function only (re)binds to it. Why each rule exists is measured in
+// docs/push-approaches.md:
+// - at most one value in flight to Python: a value per event caused rerun storms;
+// - streams are drawn here, chunk by chunk, with no rerun; Python draws the committed
+//   message, and the bubble goes when Python acknowledges that seq;
+// - reconnect with backoff and `after=<last seq>`; a new `epoch` means the history was
+//   lost, so everything is fetched again from seq 1.
+
+const REGISTRY = "__streamlitBridgeListeners";
+const ACK_TIMEOUT_MS = 4000; // resend if a rerun was lost (e.g. an exception in the page)
+const PING_MS = 25000;
+const MAX_BACKOFF_MS = 5000;
+const STOPPING_CODES = {
+  1008: "The bridge refused this page (origin or session token).",
+  4004: "This session was deleted.",
+};
+
+function registry() {
+  if (!window[REGISTRY]) window[REGISTRY] = new Map();
+  return window[REGISTRY];
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text; // never innerHTML: content is untrusted
+  return node;
+}
+
+class Listener {
+  constructor(key) {
+    this.key = key;
+    this.sessionId = null;
+    this.wsUrl = null;
+    this.token = null;
+    this.socket = null;
+    this.stopped = null; // reason, once the bridge said not to come back
+    this.attempts = 0;
+    this.retryTimer = null;
+    this.pingTimer = null;
+    this.ackTimer = null;
+    this.epoch = null;
+    this.lastSeq = 0; // highest seq received
+    this.acked = 0; // Python's gap-free `have`
+    this.pending = new Map(); // seq -> message, not yet acknowledged
+    this.resets = 0;
+    this.template = null; // set when the bridge sent one Python has not seen
+    this.inflight = null; // nonce of the value Python has not answered
+    this.sent = null; // what that value carried besides messages
+    this.resetPending = false;
+    this.nonce = 0;
+    this.streams = new Map(); // stream_id -> {bubble, text}
+    this.committed = new Map(); // seq -> bubble awaiting Python's ack
+    this.avatars = {};
+    this.root = el("div", "sb-listener");
+    this.status = el("div", "sb-status");
+    this.streamBox = el("div", "sb-streams");
+    this.root.append(this.status, this.streamBox);
+    this.setStatus("connecting", "Connecting to the bridge…");
+  }
+
+  // -- binding to Streamlit ---------------------------------------------------------------
+
+  bind(component) {
+    const { data, setStateValue, parentElement } = component;
+    this.setStateValue = setStateValue;
+    if (this.root.parentElement !== parentElement) parentElement.appendChild(this.root);
+    this.avatars = data.avatars || {};
+    const newToken = (data.token || null) !== this.token;
+    this.token = data.token || null;
+    if (data.session_id !== this.sessionId || data.ws_url !== this.wsUrl) {
+      this.switchSession(data);
+    } else if (this.stopped && newToken) {
+      // Refused before, e.g. with an expired token: the page minted a new one.
+      this.stopped = null;
+      this.connect();
+    }
+    this.acknowledge(data);
+    this.flush();
+  }
+
+  switchSession(data) {
+    this.close();
+    this.sessionId = data.session_id;
+    this.wsUrl = data.ws_url;
+    this.lastSeq = this.acked = data.have || 0;
+    this.resets = data.resets || 0;
+    this.pending.clear();
+    this.stopped = null;
+    this.attempts = 0;
+    this.connect();
+  }
+
+  acknowledge(data) {
+    const have = data.have || 0;
+    if (this.inflight !== null && data.ack_nonce === this.inflight) {
+      this.inflight = null;
+      clearTimeout(this.ackTimer);
+      // Only now is what the value carried known to Python (a lost rerun resends it).
+      if (this.template === this.sent.template) this.template = null;
+      if (this.resets === this.sent.resets) this.resetPending = false;
+    }
+    // A `have` from before our latest reset refers to the lost history: ignore it.
+    if ((data.resets || 0) !== this.resets) return;
+    if (have < this.acked) {
+      // Python knows less than it acknowledged before (its session state was lost):
+      // ask the bridge again for everything after what Python has.
+      this.acked = this.lastSeq = have;
+      this.pending.clear();
+      this.reconnectNow();
+      return;
+    }
+    this.acked = Math.max(this.acked, have);
+    for (const seq of [...this.pending.keys()]) if (seq <= this.acked) this.pending.delete(seq);
+    for (const [seq, bubble] of [...this.committed]) {
+      if (seq <= this.acked) {
+        bubble.remove();
+        this.committed.delete(seq);
+      }
+    }
+  }
+
+  // Send Python every unacknowledged message at once, unless a value is still in flight.
+  flush() {
+    if (this.inflight !== null || !this.setStateValue) return;
+    if (this.pending.size === 0 && this.template === null && !this.resetPending) return;
+    this.nonce += 1;
+    this.inflight = this.nonce;
+    const messages = [...this.pending.values()].sort((a, b) => a.seq - b.seq);
+    const value = { nonce: this.nonce, epoch: this.epoch, resets: this.resets, messages };
+    if (this.template !== null) value.template = this.template;
+    this.sent = { template: this.template, resets: this.resets };
+    clearTimeout(this.ackTimer);
+    const nonce = this.nonce;
+    this.ackTimer = setTimeout(() => {
+      if (this.inflight === nonce) {
+        this.inflight = null;
+        this.flush();
+      }
+    }, ACK_TIMEOUT_MS);
+    this.setStateValue("push", value);
+  }
+
+  // -- the socket -------------------------------------------------------------------------
+
+  url() {
+    const params = new URLSearchParams({ after: String(this.lastSeq) });
+    if (this.token) params.set("token", this.token);
+    const sid = encodeURIComponent(this.sessionId);
+    return `${this.wsUrl}/api/v1/sessions/${sid}/ws?${params}`;
+  }
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    if (this.stopped) return;
+    let socket;
+    try {
+      socket = new WebSocket(this.url());
+    } catch (err) {
+      this.stop(`Bad bridge URL ${this.wsUrl}: ${err.message}`);
+      return;
+    }
+    this.socket = socket;
+    socket.onmessage = (event) => {
+      if (socket === this.socket) this.onFrame(JSON.parse(event.data));
+    };
+    socket.onclose = (event) => {
+      if (socket === this.socket) this.onClose(event);
+    };
+  }
+
+  close() {
+    clearTimeout(this.retryTimer);
+    clearInterval(this.pingTimer);
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) socket.close(1000);
+  }
+
+  reconnectNow() {
+    this.close();
+    this.connect();
+  }
+
+  onClose(event) {
+    clearInterval(this.pingTimer);
+    this.socket = null;
+    if (STOPPING_CODES[event.code]) {
+      this.stop(event.reason || STOPPING_CODES[event.code]);
+      return;
+    }
+    this.dropStreams(); // their stream.end may never come; the committed message will
+    this.attempts += 1;
+    const base = Math.min(MAX_BACKOFF_MS, 100 * 2 ** this.attempts);
+    const delay = (event.code === 1013 ? MAX_BACKOFF_MS : base) * (0.5 + Math.random() / 2);
+    const hint = this.attempts > 5 ? ` Is the bridge reachable at ${this.wsUrl}?` : "";
+    this.setStatus(
+      "reconnecting",
+      `Disconnected from the bridge; reconnecting (attempt ${this.attempts})…${hint}`,
+    );
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  stop(reason) {
+    this.close();
+    this.stopped = reason;
+    this.setStatus("stopped", reason);
+  }
+
+  onFrame(frame) {
+    switch (frame.event) {
+      case "hello":
+        return this.onHello(frame);
+      case "message":
+        return this.receive(frame.message, false);
+      case "stream.start":
+        return this.streamBubble(frame.stream_id, frame.role);
+      case "stream.delta":
+        return this.streamDelta(frame);
+      case "stream.end":
+        return this.streamEnd(frame);
+      case "stream.abort":
+        return this.streamAbort(frame);
+      case "template":
+        this.template = frame.template;
+        return this.flush();
+      case "reset":
+        return this.reset();
+      case "error":
+        return this.flash(frame.detail || "The bridge reported an error.");
+      default:
+        return undefined; // pong, presence: nothing to draw
+    }
+  }
+
+  onHello(frame) {
+    if (this.epoch !== null && frame.epoch !== this.epoch && this.lastSeq > 0) {
+      // The history our `after` referred to is gone: load it again from the start.
+      this.reset();
+      this.reconnectNow();
+      return;
+    }
+    this.epoch = frame.epoch;
+    this.attempts = 0;
+    this.template = frame.template || null;
+    this.setStatus("open", "");
+    clearInterval(this.pingTimer);
+    const socket = this.socket;
+    this.pingTimer = setInterval(() => {
+      if (socket.readyState === WebSocket.OPEN) socket.send('{"event":"ping"}');
+    }, PING_MS);
+    this.flush();
+  }
+
+  reset() {
+    this.resets += 1;
+    this.resetPending = true;
+    this.epoch = null; // the next hello names the new history's epoch
+    this.lastSeq = this.acked = 0;
+    this.pending.clear();
+    this.dropStreams();
+    this.flush();
+  }
+
+  receive(message, streamed) {
+    if (!message || message.seq <= this.lastSeq) return; // replayed twice: drop
+    this.lastSeq = message.seq;
+    this.pending.set(message.seq, streamed ? { ...message, streamed: true } : message);
+    this.flush();
+  }
+
+  // -- streams, drawn here chunk by chunk -------------------------------------------------
+
+  streamBubble(streamId, role) {
+    let stream = this.streams.get(streamId);
+    if (!stream) {
+      stream = this.lookalikeBubble(role) || this.plainBubble(role);
+      stream.bubble.classList.add("sb-stream");
+      stream.bubble.dataset.streamId = streamId;
+      this.streamBox.appendChild(stream.bubble);
+      this.streams.set(streamId, stream);
+    }
+    return stream;
+  }
+
+  // A copy of a chat message Streamlit drew for the same role, emptied: the stream looks
+  // exactly like the message that will replace it (theme, avatar, spacing).
+  lookalikeBubble(role) {
+    const label = `Chat message from ${role}`;
+    const contents = document.querySelectorAll(
+      `[data-testid="stChatMessageContent"][aria-label="${CSS.escape(label)}"]`,
+    );
+    const original = contents.length ? contents[contents.length - 1].parentElement : null;
+    if (!original) return null;
+    const bubble = original.cloneNode(true);
+    bubble.querySelectorAll("[data-testid]").forEach((node) => node.removeAttribute("data-testid"));
+    bubble.removeAttribute("data-testid");
+    const content = bubble.querySelector(`[aria-label="${CSS.escape(label)}"]`);
+    if (!content) return null;
+    const text = el("div", "sb-stream-text", "");
+    content.replaceChildren(text);
+    return { bubble, text };
+  }
+
+  plainBubble(role) {
+    const bubble = el("div", `sb-plain sb-role-${role === "user" ? "user" : "ai"}`);
+    const avatar = this.avatars[role === "user" ? "user" : "ai"];
+    bubble.append(el("div", "sb-avatar", avatar || (role === "user" ? "U" : "AI")));
+    const text = el("div", "sb-stream-text", "");
+    bubble.append(text);
+    return { bubble, text };
+  }
+
+  streamDelta(frame) {
+    const stream = this.streamBubble(frame.stream_id, frame.role || "ai");
+    stream.text.appendChild(document.createTextNode(frame.delta || ""));
+  }
+
+  streamEnd(frame) {
+    const message = frame.message || {};
+    const stream = this.streams.get(frame.stream_id);
+    this.streams.delete(frame.stream_id);
+    if (!stream) {
+      this.receive({ ...message, seq: frame.seq ?? message.seq }, false);
+      return;
+    }
+    const seq = frame.seq ?? message.seq;
+    if (seq <= this.acked) {
+      stream.bubble.remove(); // Python already drew it
+    } else {
+      stream.text.textContent = message.content ?? stream.text.textContent;
+      stream.bubble.classList.add("sb-stream-done");
+      this.committed.set(seq, stream.bubble);
+    }
+    this.receive({ ...message, seq }, true);
+  }
+
+  // The reply failed and nothing was stored: take its bubble away and say why.
+  streamAbort(frame) {
+    const stream = this.streams.get(frame.stream_id);
+    this.streams.delete(frame.stream_id);
+    if (stream) stream.bubble.remove();
+    this.flash(`A streamed reply stopped: ${frame.detail || "the sender went away"}`);
+  }
+
+  dropStreams() {
+    for (const { bubble } of this.streams.values()) bubble.remove();
+    this.streams.clear();
+  }
+
+  // -- status -------------------------------------------------------------------------------
+
+  setStatus(state, text) {
+    this.root.dataset.status = state;
+    this.status.textContent = text;
+    this.status.hidden = state === "open";
+  }
+
+  flash(text) {
+    this.status.textContent = text;
+    this.status.hidden = false;
+    setTimeout(() => {
+      if (this.root.dataset.status === "open") this.status.hidden = true;
+    }, 5000);
+  }
+}
+
+export default function (component) {
+  const { data } = component;
+  if (!data || !data.session_id) return;
+  const listeners = registry();
+  let listener = listeners.get(data.key);
+  if (!listener) {
+    listener = new Listener(data.key);
+    listeners.set(data.key, listener);
+  }
+  listener.bind(component);
+}

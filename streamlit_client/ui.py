@@ -1,0 +1,175 @@
+"""`chat()`: the whole bridge chat in any Streamlit page with one call.
+
+```python
+import streamlit as st
+from streamlit_client import chat
+
+st.title("Support")
+chat("http://127.0.0.1:7881")
+```
+
+How a page run is split (measured in docs/push-approaches.md): the full run draws the
+history once (older messages collapsed) and the chat input; the live part, in an
+`st.fragment`, holds the listener component and the messages pushed since, so a push
+reruns only the fragment. Every `LIVE_MAX` pushed messages, a template change or a lost
+history, the fragment asks for one full run, which moves the live messages into history.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from functools import partial
+
+import httpx
+import streamlit as st
+
+from streamlit_client.client import BridgeClient, BridgeHTTPError, ws_base
+from streamlit_client.component import mount_listener
+from streamlit_client.config import ChatConfig
+from streamlit_client.render import draw_history, draw_message
+from streamlit_client.state import ChatState
+
+__all__ = ["LIVE_MAX", "chat"]
+
+LIVE_MAX = 30  # pushed messages drawn by the fragment before a full run compacts them
+HISTORY_LOAD = 1000  # newest messages loaded when a tab opens; older ones are only counted
+TOKEN_REFRESH_S = 600.0
+
+
+def chat(
+    bridge_url: str | None = None,
+    session_id: str | None = None,
+    *,
+    api_key: str | None = None,
+    browser_bridge_url: str | None = None,
+    history_limit: int | None = None,
+    key: str = "bridge_chat",
+) -> str:
+    """Draw the chat of one bridge session and keep it live; returns the session id.
+
+    Arguments left out come from `BRIDGE_*` variables (`streamlit_client.config`).
+    Without `session_id` the page's `?session=` is used, or a new session is created and
+    put into the URL. `key` tells apart several chats on one page.
+    """
+    env = ChatConfig.from_env()
+    config = ChatConfig(
+        bridge_url=(bridge_url or env.bridge_url).rstrip("/"),
+        browser_bridge_url=browser_bridge_url or env.browser_bridge_url,
+        api_key=api_key or env.api_key,
+        history_limit=env.history_limit if history_limit is None else history_limit,
+    )
+    client = _client(config.bridge_url, config.api_key)
+    state = _session_state(key, client, session_id)
+    if state is None:
+        st.stop()
+
+    prompt = st.chat_input(state.template.input_msg, key=f"{key}.input")
+    if prompt:
+        _post(client, state, prompt)
+    state.start_full_run()
+    draw_history(state.history(), state.template, config.history_limit, state.welcome_seq,
+                 unloaded=state.base)
+    _live(key, ws_base(config.browser_url), _token(key, client, state))
+    return state.session_id
+
+
+@st.cache_resource(show_spinner=False)
+def _client(bridge_url: str, api_key: str | None) -> BridgeClient:
+    # One pooled, thread-safe client per bridge for all tabs of this server.
+    return BridgeClient(bridge_url, api_key=api_key)
+
+
+def _session_state(key: str, client: BridgeClient, session_id: str | None) -> ChatState | None:
+    """This tab's state, loading the session over HTTP on the first run."""
+    wanted = session_id or st.query_params.get("session") or None
+    state: ChatState | None = st.session_state.get(f"{key}.state")
+    if state is not None and (wanted is None or wanted == state.session_id):
+        return state
+    sid = wanted or uuid.uuid4().hex
+    try:
+        # Joining creates the session if needed, seeded with the welcome message.
+        client.create_session(sid)
+        history = client.messages(sid, limit=HISTORY_LOAD)
+        template = client.template()
+    except BridgeHTTPError as exc:
+        st.error(f"The bridge refused session {sid!r}: {exc.detail}")
+        return None
+    except httpx.HTTPError as exc:
+        st.error(f"Cannot reach the bridge at {client.base_url} ({exc}).")
+        st.button("Retry", key=f"{key}.retry")  # a click reruns the page, which retries
+        return None
+    state = ChatState(session_id=sid, template=template)
+    state.load(history)
+    st.session_state[f"{key}.state"] = state
+    if session_id is None and st.query_params.get("session") != sid:
+        st.query_params["session"] = sid
+    return state
+
+
+def _post(client: BridgeClient, state: ChatState, text: str) -> None:
+    try:
+        # The id makes a retried POST idempotent; the echo over the socket is deduplicated.
+        state.add(client.post_message(state.session_id, "user", text, id=uuid.uuid4().hex))
+    except (BridgeHTTPError, httpx.HTTPError) as exc:
+        st.error(f"Your message was not sent: {exc}")
+
+
+def _token(key: str, client: BridgeClient, state: ChatState) -> str | None:
+    """A session token for the browser's WebSocket when the bridge needs an API key."""
+    if not client.api_key:
+        return None
+    cached = st.session_state.get(f"{key}.token")
+    if cached and cached[0] == state.session_id and time.time() - cached[1] < TOKEN_REFRESH_S:
+        return str(cached[2])
+    try:
+        token = client.session_token(state.session_id)
+    except (BridgeHTTPError, httpx.HTTPError) as exc:
+        st.error(f"Could not get a session token from the bridge: {exc}")
+        return None
+    st.session_state[f"{key}.token"] = (state.session_id, time.time(), token)
+    return token
+
+
+def _on_push(key: str) -> None:
+    """Runs before the rerun a pushed value causes: merge it into this tab's state."""
+    state: ChatState | None = st.session_state.get(f"{key}.state")
+    component = st.session_state.get(key)
+    if state is not None and component is not None:
+        state.apply_push(component.get("push"))
+
+
+@st.fragment
+def _live(key: str, ws_url: str, token: str | None) -> None:
+    """The live part: messages pushed since the last full run, and the listener."""
+    state: ChatState = st.session_state[f"{key}.state"]
+    if state.wants_full_run(LIVE_MAX):
+        st.rerun(scope="app")
+    fresh = state.take_fresh()
+    typing = fresh if state.template.write_speed > 0 else set()
+    live = state.live()
+    # Messages to type out come after the listener, so that its ack reaches the browser
+    # at once (the next push interrupts the typing); the rest come before it, so that a
+    # new message's element is sent ahead of the component's.
+    split = next((i for i, m in enumerate(live) if m.seq in typing), len(live))
+    box = st.container()
+    with box:
+        for message in live[:split]:
+            draw_message(message, state.template, welcome_seq=state.welcome_seq)
+    mount_listener(
+        key,
+        {
+            "session_id": state.session_id,
+            "ws_url": ws_url,
+            "token": token,
+            "have": state.have,
+            "ack_nonce": state.ack_nonce,
+            "resets": state.resets,
+            "avatars": {"ai": state.template.ai_avatar, "user": state.template.user_avatar},
+        },
+        partial(_on_push, key),
+    )
+    with box:
+        for message in live[split:]:
+            draw_message(message, state.template, welcome_seq=state.welcome_seq,
+                         typed=message.seq in typing)
