@@ -15,11 +15,16 @@ from bridge.errors import InvalidInput, PayloadTooLarge
 from bridge.models import MessageIn, Template, check_session_id, describe_validation_error
 from bridge.ratelimit import RateLimiter
 from bridge.responses import json_response, no_content
+from bridge.schemas import ERRORS, ListenAnswer, MessageOut, SessionOut, TokenOut
 from bridge.service import BridgeService
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=ERRORS)
+
+NO_MESSAGE: dict[int | str, dict[str, Any]] = {
+    204: {"description": "no user message came within the timeout"}
+}
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -80,41 +85,65 @@ def _body_limit(request: Request) -> int:
     return _service(request).settings.max_message_bytes * 6 + 4096
 
 
-@router.post("/sessions/{session_id}", summary="Create a session (seeded with the welcome)")
+@router.post(
+    "/sessions/{session_id}",
+    summary="Create a session (seeded with the welcome)",
+    response_model=list[MessageOut],
+)
 async def create_session(session_id: SessionPath, request: Request) -> Response:
     messages = await _service(request).create_session(session_id)
     return json_response([m.to_dict() for m in messages])
 
 
-@router.get("/sessions", summary="Every session id, in creation order")
+@router.get("/sessions", summary="Every session id, in creation order", response_model=list[str])
 async def list_sessions(request: Request) -> Response:
     return json_response(await _service(request).sessions())
 
 
-@router.get("/sessions/last", summary="The most recently created session id (a JSON string)")
+@router.get(
+    "/sessions/last",
+    summary="The most recently created session id (a JSON string)",
+    response_model=str,
+)
 async def last_session(request: Request) -> Response:
     return json_response(await _service(request).last_session())
 
 
-@router.get("/sessions/{session_id}", summary="Counters and subscribers of a session")
+@router.get(
+    "/sessions/{session_id}",
+    summary="Counters and subscribers of a session",
+    response_model=SessionOut,
+)
 async def session_info(session_id: SessionPath, request: Request) -> Response:
     view = await _service(request).session(session_id)
     return json_response(view.to_dict())
 
 
-@router.delete("/sessions/{session_id}", summary="Delete a session; subscribers get reset")
+@router.delete(
+    "/sessions/{session_id}",
+    summary="Delete a session; subscribers get reset",
+    response_model=dict[str, str],
+)
 async def delete_session(session_id: SessionPath, request: Request) -> Response:
     await _service(request).delete_session(session_id)
     return json_response({"deleted": session_id})
 
 
-@router.post("/sessions/{session_id}/token", summary="Mint a WebSocket token for a session")
+@router.post(
+    "/sessions/{session_id}/token",
+    summary="Mint a WebSocket token for a session",
+    response_model=TokenOut,
+)
 async def mint_token(session_id: SessionPath, request: Request) -> Response:
     auth: Auth = request.app.state.auth
     return json_response(auth.mint(check_session_id(session_id)).to_dict())
 
 
-@router.get("/sessions/{session_id}/messages", summary="The last `limit` messages (0: all)")
+@router.get(
+    "/sessions/{session_id}/messages",
+    summary="The last `limit` messages (0: all)",
+    response_model=list[MessageOut],
+)
 async def session_messages(
     session_id: SessionPath, request: Request, limit: Annotated[int, Query(ge=0, le=2**62)] = 0
 ) -> Response:
@@ -122,7 +151,11 @@ async def session_messages(
     return json_response([m.to_dict() for m in messages])
 
 
-@router.get("/sessions/{session_id}/messages/last", summary="The newest message (of a role)")
+@router.get(
+    "/sessions/{session_id}/messages/last",
+    summary="The newest message (of a role)",
+    response_model=MessageOut,
+)
 async def last_message(
     session_id: SessionPath, request: Request, role: Annotated[str, Query(max_length=16)] = "any"
 ) -> Response:
@@ -134,6 +167,7 @@ async def last_message(
     "/sessions/{session_id}/messages",
     summary="Publish a message (creates the session if new)",
     openapi_extra=_schema(MessageIn),
+    response_model=MessageOut,
 )
 async def post_message(
     session_id: SessionPath,
@@ -150,6 +184,7 @@ async def post_message(
 @router.post(
     "/sessions/{session_id}/messages/stream",
     summary="Publish a streamed reply from a chunked body (text or NDJSON {delta})",
+    response_model=MessageOut,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -179,14 +214,24 @@ async def _listen(request: Request, session_id: str | None, timeout: float | Non
     return no_content() if listened is None else json_response(listened.to_dict())
 
 
-@router.get("/listen/message", summary="Wait for the next user message of any session")
+@router.get(
+    "/listen/message",
+    summary="Wait for the next user message of any session",
+    response_model=ListenAnswer,
+    responses=NO_MESSAGE,
+)
 async def listen_any(
     request: Request, timeout: Annotated[float | None, Query(ge=0, le=86400)] = None
 ) -> Response:
     return await _listen(request, None, timeout)
 
 
-@router.get("/sessions/{session_id}/listen", summary="Wait for the session's next user message")
+@router.get(
+    "/sessions/{session_id}/listen",
+    summary="Wait for the session's next user message",
+    response_model=ListenAnswer,
+    responses=NO_MESSAGE,
+)
 async def listen_session(
     session_id: SessionPath,
     request: Request,
@@ -195,14 +240,21 @@ async def listen_session(
     return await _listen(request, session_id, timeout)
 
 
-@router.post("/reset/messages", summary="Delete every session and its history")
+@router.post(
+    "/reset/messages",
+    summary="Delete every session and its history",
+    response_model=dict[str, bool],
+)
 async def reset_messages(request: Request) -> Response:
     await _service(request).reset_all()
     return json_response({"reset": True})
 
 
 @router.post(
-    "/chats", summary="Set the chat template (applies live)", openapi_extra=_schema(Template)
+    "/chats",
+    summary="Set the chat template (applies live)",
+    openapi_extra=_schema(Template),
+    response_model=Template,
 )
 async def set_template(request: Request) -> Response:
     template = await _body(request, Template, 64 * 1024)
@@ -210,7 +262,7 @@ async def set_template(request: Request) -> Response:
     return json_response(saved.model_dump())
 
 
-@router.get("/chats", summary="The chat template in force")
+@router.get("/chats", summary="The chat template in force", response_model=Template)
 async def get_template(request: Request) -> Response:
     return json_response(_service(request).template.model_dump())
 
