@@ -14,6 +14,7 @@ from bridge import api, health, ws
 from bridge.auth import Auth
 from bridge.broker import open_broker
 from bridge.errors import BridgeError, RateLimited
+from bridge.guard import BrowserGuard
 from bridge.hub import Hub
 from bridge.metrics import Metrics
 from bridge.ratelimit import RateLimiter
@@ -64,12 +65,17 @@ def create_app(settings: Settings) -> FastAPI:
     key_check = [Depends(_require_key)] if settings.api_key else []
     app.include_router(api.router, dependencies=key_check)
     app.include_router(ws.router)
+    app.add_middleware(
+        BrowserGuard,
+        allowed_origins=settings.allowed_origins,
+        allowed_hosts=settings.effective_allowed_hosts,
+    )
     app.add_exception_handler(BridgeError, _bridge_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
 
 
-def _require_key(request: Request) -> None:
+async def _require_key(request: Request) -> None:  # async: no thread-pool hop
     auth: Auth = request.app.state.auth
     auth.check_request(request)
 

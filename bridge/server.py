@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 
 import uvicorn
@@ -32,6 +33,20 @@ class _WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(self.conn.data_to_send()))
             self.handshake_complete = True
             self.transport.close()
+
+
+class _RedactTokens(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query string: keep tokens out of logs."""
+
+    _TOKEN = re.compile(r"(token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                self._TOKEN.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
 
 
 class _BridgeServer(uvicorn.Server):
@@ -75,4 +90,6 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
         app.state.service.storage.url,
         "on" if settings.api_key else "off",
     )
-    _BridgeServer(config, app.state.service).run()
+    server = _BridgeServer(config, app.state.service)
+    logging.getLogger("uvicorn.error").addFilter(_RedactTokens())
+    server.run()

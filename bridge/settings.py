@@ -32,6 +32,8 @@ class Settings:
     store: str = DEFAULT_STORE
     api_key: str | None = None
     allowed_origins: tuple[str, ...] = field(default_factory=_default_origins)
+    # Empty means: loopback names when bound to loopback, any host otherwise.
+    allowed_hosts: tuple[str, ...] = ()
     token_ttl_s: int = 3600
     max_message_bytes: int = 256 * 1024
     max_frame_bytes: int = 1024 * 1024
@@ -95,6 +97,14 @@ class Settings:
                 raise InvalidInput(f"setting {name}={value} is outside {low}..{high}")
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise InvalidInput("setting sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+
+    @property
+    def effective_allowed_hosts(self) -> tuple[str, ...]:
+        """`allowed_hosts`, or its default for the bind address."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        return ("localhost", "127.0.0.1", "[::1]", "::1") if loopback else ("*",)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied and checked."""

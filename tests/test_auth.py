@@ -118,3 +118,38 @@ async def test_rate_limit_answers_429_with_retry_after(start_bridge) -> None:  #
         # Reads are not rate limited.
         reads = [(await http.get("/api/v1/sessions")).status_code for _ in range(5)]
         assert reads == [200] * 5
+
+
+async def test_cross_site_http_requests_are_refused(bridge: RunningBridge) -> None:
+    body = {"role": "user", "content": "forged"}
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        cases = [
+            ({"Origin": "https://evil.example"}, 403, "origin"),
+            ({"Sec-Fetch-Site": "cross-site"}, 403, "cross-site"),
+            ({"Host": "evil.example"}, 421, "host"),
+        ]
+        for headers, status, expected in cases:
+            for method, path in (
+                ("POST", "/api/v1/sessions/victim/messages"),
+                ("POST", "/api/v1/reset/messages"),
+                ("GET", "/api/v1/listen/message?timeout=0"),
+            ):
+                resp = await http.request(method, path, json=body, headers=headers)
+                assert resp.status_code == status, (headers, path, resp.text)
+                assert expected in resp.json()["detail"]
+        # The allowed page origin, a same-site fetch and plain server-side calls still work.
+        for headers in ({"Origin": "http://127.0.0.1:5001"}, {"Sec-Fetch-Site": "same-site"}, {}):
+            ok = await http.post("/api/v1/sessions/victim/messages", json=body, headers=headers)
+            assert ok.status_code == 200
+        stored = (await http.get("/api/v1/sessions/victim/messages")).json()
+        assert [m["content"] for m in stored].count("forged") == 3
+
+
+async def test_session_tokens_are_not_written_to_the_log(locked: RunningBridge) -> None:
+    async with httpx.AsyncClient(base_url=locked.url, headers={"x-api-key": KEY}) as http:
+        token = (await http.post("/api/v1/sessions/logged/token")).json()["token"]
+    async with connect(f"{locked.ws_url}/api/v1/sessions/logged/ws?token={token}") as ws:
+        assert (await recv(ws))["event"] == "hello"
+    log = locked.log_path.read_text()
+    assert "/api/v1/sessions/logged/ws" in log and "[redacted]" in log
+    assert token not in log

@@ -1,0 +1,78 @@
+"""Refusing requests that a browser sent on another site's behalf (pure ASGI, cheap).
+
+WebSockets have their own Origin check (`auth.Auth.check_socket`). For HTTP, a page on
+any site could otherwise make the user's browser post to, reset or drain (Listen) a
+bridge on localhost; and a DNS-rebound name could reach it as if it were that site. So:
+
+- a request whose `Origin` is present and not allowed, or that the browser marks
+  `Sec-Fetch-Site: cross-site`, is refused with 403;
+- a request whose `Host` is not an allowed host is refused with 421 (DNS rebinding).
+  A bridge bound to loopback allows loopback names by default; bound elsewhere, any.
+
+Server-side callers (Langflow, the chat page's Python, curl) send neither header.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["BrowserGuard"]
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+class BrowserGuard:
+    """ASGI middleware applying the Origin, Sec-Fetch-Site and Host checks to HTTP."""
+
+    def __init__(
+        self, app: ASGIApp, *, allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...]
+    ) -> None:
+        self._app = app
+        self._origins = frozenset(o.rstrip("/").encode() for o in allowed_origins)
+        self._any_origin = "*" in allowed_origins
+        self._hosts = frozenset(h.lower().encode() for h in allowed_hosts)
+        self._any_host = "*" in allowed_hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        refusal = self._refusal(scope["headers"])
+        if refusal is None:
+            await self._app(scope, receive, send)
+            return
+        status, detail = refusal
+        body = json.dumps({"detail": detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _refusal(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
+        for name, value in headers:
+            if name == b"origin":
+                if not self._any_origin and value.rstrip(b"/") not in self._origins:
+                    shown = value[:80].decode("latin-1")
+                    return 403, f"cross-site request refused: origin {shown} is not allowed"
+            elif name == b"sec-fetch-site":
+                if value == b"cross-site" and not self._any_origin:
+                    return 403, "cross-site request refused (Sec-Fetch-Site: cross-site)"
+            elif name == b"host" and not self._any_host:
+                host = value.lower()
+                if host.startswith(b"["):
+                    host = host[: host.find(b"]") + 1]
+                else:
+                    host = host.partition(b":")[0]
+                if host not in self._hosts:
+                    shown = value[:80].decode("latin-1")
+                    return 421, f"host {shown} is not served here (BRIDGE_ALLOWED_HOSTS)"
+        return None
