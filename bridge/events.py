@@ -9,12 +9,17 @@ from typing import Any
 
 from bridge.models import StoredMessage
 
-__all__ = ["ALL_SESSIONS", "Event"]
+__all__ = ["ALL_SESSIONS", "Event", "text_message"]
 
 ALL_SESSIONS = "*"
 """The session id of an event meant for every subscriber (`template`, global `reset`)."""
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def text_message(frame: str) -> dict[str, Any]:
+    """The ASGI message that sends `frame` on a WebSocket."""
+    return {"type": "websocket.send", "text": frame}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +38,14 @@ class Event:
     seq: int | None = None
     frame: str = field(default="", compare=False)
     born: float = field(default_factory=time.monotonic, compare=False)
+    asgi: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.frame:
             object.__setattr__(self, "frame", _dumps({"event": self.kind, **self.data}))
+        # The ASGI message every subscriber's socket is handed: built once, shared (the
+        # server only reads it).
+        self.asgi.update(type="websocket.send", text=self.frame)
 
     @classmethod
     def message(cls, message: StoredMessage) -> Event:

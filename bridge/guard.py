@@ -10,13 +10,20 @@ bridge on localhost; and a DNS-rebound name could reach it as if it were that si
   A bridge bound to loopback allows loopback names by default; bound elsewhere, any.
 
 Server-side callers (Langflow, the chat page's Python, curl) send neither header.
+
+With an API key configured, every `/api/v1` HTTP request must carry it (401 otherwise):
+checked here, before routing, so that the check costs nothing when no key is set.
 """
 
 from __future__ import annotations
 
 import json
 
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bridge.auth import Auth
+from bridge.errors import BridgeError
 
 __all__ = ["BrowserGuard"]
 
@@ -27,9 +34,15 @@ class BrowserGuard:
     """ASGI middleware applying the Origin, Sec-Fetch-Site and Host checks to HTTP."""
 
     def __init__(
-        self, app: ASGIApp, *, allowed_origins: tuple[str, ...], allowed_hosts: tuple[str, ...]
+        self,
+        app: ASGIApp,
+        *,
+        auth: Auth,
+        allowed_origins: tuple[str, ...],
+        allowed_hosts: tuple[str, ...],
     ) -> None:
         self._app = app
+        self._auth = auth
         self._origins = frozenset(o.rstrip("/").encode() for o in allowed_origins)
         self._any_origin = "*" in allowed_origins
         self._hosts = frozenset(h.lower().encode() for h in allowed_hosts)
@@ -40,6 +53,11 @@ class BrowserGuard:
             await self._app(scope, receive, send)
             return
         refusal = self._refusal(scope["headers"])
+        if refusal is None and self._auth.enabled and scope["path"].startswith("/api/v1/"):
+            try:
+                self._auth.check_request(HTTPConnection(scope))
+            except BridgeError as exc:
+                refusal = exc.status, exc.detail
         if refusal is None:
             await self._app(scope, receive, send)
             return

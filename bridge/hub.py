@@ -162,7 +162,7 @@ class Hub:
             sub.last_seq = event.seq
         elif event.kind == "reset":
             sub.last_seq = 0  # the history is gone: its next message is seq 1 again
-        if sub.outbox.put(event.frame):
+        if sub.outbox.put(event.asgi):
             return True
         if sub.outbox.overflowed:
             self._kick(sub, CLOSE_TOO_SLOW, "subscriber too slow: buffer overflowed")

@@ -21,6 +21,8 @@ from typing import Any
 __all__ = ["Outbox"]
 
 SendCoroutine = Coroutine[Any, Any, None]
+Message = dict[str, Any]
+"""An ASGI `websocket.send` message: `{"type": "websocket.send", "text": frame}`."""
 
 
 class Outbox:
@@ -38,13 +40,13 @@ class Outbox:
     )
 
     def __init__(
-        self, send: Callable[[str], SendCoroutine], *, max_frames: int, max_bytes: int
+        self, send: Callable[[Message], SendCoroutine], *, max_frames: int, max_bytes: int
     ) -> None:
         self._send = send
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         # Created on the first backlog only: an idle socket should cost as little as possible.
-        self._backlog: deque[str] | None = None
+        self._backlog: deque[Message] | None = None
         self._backlog_bytes = 0
         self._drainer: asyncio.Task[None] | None = None
         self.closed = False
@@ -55,26 +57,24 @@ class Outbox:
         """Frames waiting for the socket."""
         return len(self._backlog) if self._backlog is not None else 0
 
-    def put(self, frame: str) -> bool:
-        """Write or queue `frame`. False if the outbox is closed or has just overflowed."""
+    def put(self, message: Message) -> bool:
+        """Write or queue `message`. False if the outbox is closed or has just overflowed."""
         if self.closed:
             return False
         if self._drainer is not None:
             backlog = self._backlog
             if backlog is None:
                 backlog = self._backlog = deque()
-            if (
-                len(backlog) >= self._max_frames
-                or self._backlog_bytes + len(frame) > self._max_bytes
-            ):
+            size = len(message["text"])
+            if len(backlog) >= self._max_frames or self._backlog_bytes + size > self._max_bytes:
                 self.overflowed = self.closed = True
                 self._backlog = None
                 self._backlog_bytes = 0
                 return False
-            backlog.append(frame)
-            self._backlog_bytes += len(frame)
+            backlog.append(message)
+            self._backlog_bytes += size
             return True
-        coro = self._send(frame)
+        coro = self._send(message)
         try:
             blocker = coro.send(None)
         except StopIteration:
@@ -86,11 +86,11 @@ class Outbox:
         self._drainer = asyncio.get_running_loop().create_task(self._drain(coro, blocker))
         return True
 
-    async def send(self, frame: str) -> None:
-        """Write `frame` waiting for the socket (history replay, before going live)."""
+    async def send(self, message: Message) -> None:
+        """Write `message` waiting for the socket (history replay, before going live)."""
         if self._drainer is not None:
             await asyncio.shield(self._drainer)
-        await self._send(frame)
+        await self._send(message)
 
     async def aclose(self) -> None:
         """Stop writing; drop the backlog."""
@@ -104,9 +104,9 @@ class Outbox:
         try:
             await _finish(coro, blocker)
             while self._backlog and not self.closed:
-                frame = self._backlog.popleft()
-                self._backlog_bytes -= len(frame)
-                await self._send(frame)
+                message = self._backlog.popleft()
+                self._backlog_bytes -= len(message["text"])
+                await self._send(message)
             self._backlog = None
         except Exception:
             self.closed = True

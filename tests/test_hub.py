@@ -9,7 +9,7 @@ from bridge.events import ALL_SESSIONS, Event
 from bridge.hub import CLOSE_TOO_SLOW, Hub
 from bridge.metrics import Metrics
 from bridge.models import Draft, StoredMessage
-from bridge.outbox import Outbox
+from bridge.outbox import Message, Outbox
 
 
 class Peer:
@@ -21,9 +21,9 @@ class Peer:
         self.writable = asyncio.Event()
         self.writable.set()
 
-    async def send(self, frame: str) -> None:
+    async def send(self, message: Message) -> None:
         await self.writable.wait()
-        self.frames.append(json.loads(frame))
+        self.frames.append(json.loads(message["text"]))
 
     async def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
@@ -73,7 +73,7 @@ async def test_pending_events_flushed_after_replay_without_overlap() -> None:
         hub.dispatch(Event.message(_msg("s", 4)))
         assert peer.frames == []  # held while the replay runs
         for seq in (1, 2, 3):  # the replay read storage up to 3
-            await sub.outbox.send(Event.message(_msg("s", seq)).frame)
+            await sub.outbox.send(Event.message(_msg("s", seq)).asgi)
             sub.last_seq = seq
         hub.go_live(sub, set())
         hub.dispatch(Event.message(_msg("s", 5)))
@@ -112,7 +112,7 @@ async def test_stream_already_in_replayed_history_is_not_drawn_again() -> None:
     async with hub.subscribe("s", peer.outbox(), peer.close) as sub:
         # The stream ended and was stored before the replay read it.
         hub.dispatch(Event.stream_end("m1", _msg("s", 1, "partial", mid="m1")))
-        await sub.outbox.send(Event.message(_msg("s", 1, "partial", mid="m1")).frame)
+        await sub.outbox.send(Event.message(_msg("s", 1, "partial", mid="m1")).asgi)
         sub.last_seq = 1
         hub.go_live(sub, {"m1"})
     assert [f["event"] for f in peer.frames] == ["message"]

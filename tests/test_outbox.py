@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.outbox import Outbox
+from bridge.events import text_message as m
+from bridge.outbox import Message, Outbox
 
 
 class Socket:
@@ -16,11 +17,11 @@ class Socket:
         self.sent: list[str] = []
         self.fail = False
 
-    async def send(self, frame: str) -> None:
+    async def send(self, message: Message) -> None:
         await self.writable.wait()
         if self.fail:
             raise ConnectionResetError("gone")
-        self.sent.append(frame)
+        self.sent.append(message["text"])
 
 
 async def _drained(outbox: Outbox, sock: Socket, count: int) -> None:
@@ -34,7 +35,7 @@ async def test_sends_inline_without_a_task_while_writable() -> None:
     outbox = Outbox(sock.send, max_frames=4, max_bytes=1000)
     tasks_before = len(asyncio.all_tasks())
     for i in range(100):
-        assert outbox.put(f"f{i}")
+        assert outbox.put(m(f"f{i}"))
     # Every frame was written synchronously inside put(): no task was needed.
     assert sock.sent == [f"f{i}" for i in range(100)]
     assert len(asyncio.all_tasks()) == tasks_before
@@ -45,12 +46,12 @@ async def test_blocked_send_is_finished_in_order_by_one_drain_task() -> None:
     outbox = Outbox(sock.send, max_frames=10, max_bytes=1000)
     sock.writable.clear()
     for frame in ("a", "b", "c"):
-        assert outbox.put(frame)
+        assert outbox.put(m(frame))
     assert sock.sent == [] and outbox.backlog == 2
     sock.writable.set()
     await _drained(outbox, sock, 3)
     assert sock.sent == ["a", "b", "c"] and not outbox.closed
-    assert outbox.put("d") and sock.sent[-1] == "d"  # back to inline sends
+    assert outbox.put(m("d")) and sock.sent[-1] == "d"  # back to inline sends
 
 
 async def test_backlog_overflow_by_frames_and_by_bytes() -> None:
@@ -58,10 +59,10 @@ async def test_backlog_overflow_by_frames_and_by_bytes() -> None:
         sock = Socket()
         outbox = Outbox(sock.send, max_frames=max_frames, max_bytes=max_bytes)
         sock.writable.clear()
-        results = [outbox.put(frame) for _ in range(10)]
+        results = [outbox.put(m(frame)) for _ in range(10)]
         assert False in results
         assert outbox.overflowed and outbox.closed and outbox.backlog == 0
-        assert not outbox.put(frame)
+        assert not outbox.put(m(frame))
         await outbox.aclose()
 
 
@@ -69,7 +70,7 @@ async def test_failed_socket_marks_outbox_closed() -> None:
     sock = Socket()
     sock.fail = True
     outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
-    assert not outbox.put("x")
+    assert not outbox.put(m("x"))
     assert outbox.closed and not outbox.overflowed
 
 
@@ -77,7 +78,7 @@ async def test_failure_after_suspension_closes_and_aclose_cancels() -> None:
     sock = Socket()
     outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
     sock.writable.clear()
-    assert outbox.put("x")
+    assert outbox.put(m("x"))
     sock.fail = True
     sock.writable.set()
     async with asyncio.timeout(5):
@@ -86,7 +87,7 @@ async def test_failure_after_suspension_closes_and_aclose_cancels() -> None:
     sock2 = Socket()
     stuck = Outbox(sock2.send, max_frames=3, max_bytes=100)
     sock2.writable.clear()
-    assert stuck.put("y")
+    assert stuck.put(m("y"))
     await stuck.aclose()  # cancels the drain task waiting on the blocked send
     assert stuck.closed and sock2.sent == []
 
@@ -95,8 +96,8 @@ async def test_send_waits_for_backlog_then_writes() -> None:
     sock = Socket()
     outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
     sock.writable.clear()
-    outbox.put("queued")
-    waiter = asyncio.create_task(outbox.send("direct"))
+    outbox.put(m("queued"))
+    waiter = asyncio.create_task(outbox.send(m("direct")))
     await asyncio.sleep(0)  # let the waiter start; it must not overtake the queued frame
     sock.writable.set()
     await asyncio.wait_for(waiter, 5)
