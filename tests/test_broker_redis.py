@@ -1,0 +1,255 @@
+"""`RedisBroker` in process, two instances on one prefix: fan-out, locks, presence, gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from bridge import broker_redis
+from bridge.broker_redis import RedisBroker
+from bridge.errors import StorageUnavailable
+from bridge.events import Event
+from bridge.models import Draft
+from bridge.settings import Settings
+from bridge.storage.redis import RedisStorage
+from tests.redis_support import REDIS, Watched, new_prefix, store_url, wipe
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    name = new_prefix("broker")
+    yield name
+    await wipe(name)
+
+
+Pair = tuple[RedisBroker, RedisBroker, Watched[Event], Watched[Event]]
+
+
+@pytest.fixture
+async def pair(prefix: str) -> AsyncIterator[Pair]:
+    """Two started brokers on one prefix and what each delivered."""
+    url = store_url(prefix)
+    a, b = RedisBroker(url, Settings(store=url)), RedisBroker(url, Settings(store=url))
+    got_a: Watched[Event] = Watched()
+    got_b: Watched[Event] = Watched()
+    await a.start(got_a.add)
+    await b.start(got_b.add)
+    try:
+        yield a, b, got_a, got_b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def _seqs(events: list[Event]) -> list[int]:
+    return [e.seq for e in events if e.seq is not None]
+
+
+def _message(session_id: str, seq: int) -> Event:
+    return Event(session_id, "message", {"seq": seq, "message": {"seq": seq}}, seq)
+
+
+async def test_every_instance_gets_every_event_once_in_publish_order(pair: Pair) -> None:
+    a, b, got_a, got_b = pair
+    events = [Event.of("s", "stream.delta", stream_id="x", delta=str(i)) for i in range(200)]
+    for i, event in enumerate(events):
+        await (a if i % 3 else b).publish(event)
+    await got_a.until(lambda got: len(got) >= 200, 10, "200 events on a")
+    await got_b.until(lambda got: len(got) >= 200, 10, "200 events on b")
+    sent = [e.frame for e in events]
+    assert [e.frame for e in got_a] == sent
+    assert [e.frame for e in got_b] == sent
+    # The publisher delivers its own object (not a re-parsed copy), exactly once.
+    assert got_a[1] is events[1] and got_b[0] is events[0]
+    assert got_b[1] is not events[1] and got_b[1].session_id == "s"
+
+
+async def test_events_published_under_the_lock_go_out_with_its_release(pair: Pair) -> None:
+    a, _, got_a, got_b = pair
+    async with a.lock("held"):
+        await a.publish(_message("held", 1))
+        await a.publish(_message("held", 2))
+        await a.publish(Event.of("elsewhere", "presence", subscribers=1))  # not held: at once
+        await got_b.until(lambda got: len(got) >= 1, 5, "the other session's event")
+        assert [e.session_id for e in got_b] == ["elsewhere"]  # the held ones wait
+    await got_a.until(lambda got: len(got) >= 3, 5, "3 events on a")
+    await got_b.until(lambda got: len(got) >= 3, 5, "3 events on b")
+    assert _seqs(got_a) == [1, 2] and _seqs(got_b) == [1, 2]
+
+
+async def test_session_lock_excludes_across_instances(pair: Pair) -> None:
+    a, b, _, _ = pair
+    inside = 0
+    most = 0
+    order: list[str] = []
+
+    async def critical(broker: RedisBroker, name: str) -> None:
+        nonlocal inside, most
+        async with broker.lock("locked"):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.002)  # hold it across a suspension point
+            order.append(name)
+            inside -= 1
+
+    await asyncio.gather(*(critical(a if i % 2 else b, f"{i}") for i in range(40)))
+    assert most == 1
+    assert len(order) == 40
+
+
+async def test_lock_of_a_dead_holder_expires_and_a_live_one_times_out(
+    pair: Pair, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _, _, _ = pair
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        # A holder that died: its lock expires after its TTL, then the waiter gets it.
+        await client.set(f"{prefix}:lock:dead", "someone-else", px=300)
+        t0 = time.monotonic()
+        async with a.lock("dead"):
+            waited = time.monotonic() - t0
+        assert 0.2 <= waited < 2.0, waited
+        # A holder that never lets go: the waiter gives up with 503 after LOCK_WAIT_S.
+        monkeypatch.setattr(broker_redis, "LOCK_WAIT_S", 0.4)
+        await client.set(f"{prefix}:lock:stuck", "someone-else", px=60_000)
+        t0 = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="stayed locked"):
+            async with a.lock("stuck"):
+                pass
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        await client.aclose()
+
+
+async def test_release_wakes_a_waiter_on_another_instance_at_once(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _, _ = pair
+    # Without the release notice the waiter would only retry every 5 s.
+    monkeypatch.setattr(broker_redis, "_LOCK_POLL_S", 5.0)
+    taken = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with a.lock("handoff"):
+            taken.set()
+            await release.wait()
+
+    async def waiter() -> float:
+        async with b.lock("handoff"):
+            return time.monotonic()
+
+    hold = asyncio.create_task(holder())
+    await asyncio.wait_for(taken.wait(), 5)
+    wait = asyncio.create_task(waiter())
+    done, _ = await asyncio.wait({wait}, timeout=0.3)
+    assert not done  # held by a: b must wait
+    t0 = time.monotonic()
+    release.set()
+    got_at = await asyncio.wait_for(wait, 5)
+    await hold
+    assert got_at - t0 < 1.0, got_at - t0
+
+
+async def test_presence_counts_across_instances_and_forgets_dead_ones(
+    pair: Pair, prefix: str
+) -> None:
+    a, b, _, _ = pair
+    assert await a.presence("p", +1) == 1
+    assert await b.presence("p", +1) == 2
+    assert await b.presence("p", +1) == 3
+    assert await a.presence("p", 0) == 3
+    # Instance a is killed: its heartbeat key expires (deleted here to skip the wait).
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        await client.delete(f"{prefix}:instance:{a.instance_id}")
+    finally:
+        await client.aclose()
+    assert await b.presence("p", 0) == 2
+    assert await b.presence("p", -1) == 1
+    assert await b.presence("p", -1) == 0
+
+
+async def test_a_stored_but_unpublished_message_is_filled_in(pair: Pair, prefix: str) -> None:
+    a, b, _, got_b = pair
+    url = store_url(prefix)
+    store = RedisStorage(url, Settings(store=url))
+    await store.open()
+    try:
+        welcome = (Draft.build("ai", "hi"),)
+        first = await store.append("g", Draft.build("user", "one"), welcome)
+        assert await b.presence("g", +1) == 1  # a local subscriber: b watches for gaps
+        for m in first.stored:
+            await a.publish(Event.message(m))
+        # An instance stored seq 3 and died before publishing it.
+        await store.append("g", Draft.build("user", "lost"), welcome)
+        fourth = await store.append("g", Draft.build("user", "four"), welcome)
+        await a.publish(Event.message(fourth.message))
+        await got_b.until(lambda got: len(_seqs(got)) >= 4, 10, "4 messages on b")
+        assert _seqs(got_b) == [1, 2, 3, 4]
+        assert got_b[2].data["message"]["content"] == "lost"
+    finally:
+        await store.close()
+
+
+async def test_pubsub_reconnects_and_catches_up_from_storage(pair: Pair, prefix: str) -> None:
+    a, b, _, got_b = pair
+    url = store_url(prefix)
+    store = RedisStorage(url, Settings(store=url))
+    await store.open()
+    client = aioredis.Redis.from_url(REDIS)
+    try:
+        await b.presence("r", +1)
+        first = await store.append("r", Draft.build("user", "before"), ())
+        await a.publish(Event.message(first.message))
+        await got_b.until(lambda got: 1 in _seqs(got), 10, "seq 1 on b")
+        # Cut b's subscription the way a Redis restart or a network blip would.
+        listing = await client.client_list(_type="pubsub")
+        ids = [c["id"] for c in listing if c["name"] == f"bridge:{prefix}:broker:{b.instance_id}"]
+        assert len(ids) == 1
+        assert await client.client_kill_filter(_id=ids[0]) == 1
+        for content in ("during-1", "during-2"):
+            stored = await store.append("r", Draft.build("user", content), ())
+            await a.publish(Event.message(stored.message))
+        await got_b.until(lambda got: 3 in _seqs(got), 15, "seq 3 on b after reconnect")
+        after = await store.append("r", Draft.build("user", "after"), ())
+        await a.publish(Event.message(after.message))
+        await got_b.until(lambda got: 4 in _seqs(got), 10, "seq 4 on b")
+        assert _seqs(got_b) == [1, 2, 3, 4]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_closed_broker_is_quiet(prefix: str) -> None:
+    url = store_url(prefix)
+    broker = RedisBroker(url, Settings(store=url))
+    await broker.start(lambda event: None)
+    assert await broker.presence("c", +1) == 1
+    await broker.close()
+    await broker.publish(_message("c", 1))  # dropped, no error
+    assert await broker.presence("c", -1) == 0  # sockets leaving after shutdown
+    with pytest.raises(StorageUnavailable, match="shutting down"):
+        async with broker.lock("c"):
+            pass
+    client = aioredis.Redis.from_url(REDIS)
+    try:  # its presence and heartbeat are gone at once, not after a TTL
+        assert await client.exists(f"{prefix}:instance:{broker.instance_id}") == 0
+        assert await client.hget(f"{prefix}:presence:c", broker.instance_id) is None
+    finally:
+        await client.aclose()
+
+
+async def test_unreachable_redis_fails_start_with_a_clear_error() -> None:
+    from tests.support import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0?prefix=nobody"
+    broker = RedisBroker(url, Settings(store=url))
+    with pytest.raises(StorageUnavailable, match="cannot reach redis"):
+        await broker.start(lambda event: None)

@@ -1,0 +1,165 @@
+"""What the Redis store does beyond the shared contract: URLs, errors, bounds, layout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from bridge.errors import InvalidInput, StorageUnavailable
+from bridge.models import Draft
+from bridge.settings import Settings
+from bridge.storage import open_storage
+from bridge.storage.redis import RedisStorage, redis_errors
+from tests.redis_support import REDIS, new_prefix, store_url, wipe
+from tests.support import free_port
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    name = new_prefix("store")
+    yield name
+    await wipe(name)
+
+
+async def _open(prefix: str, **kwargs: int) -> RedisStorage:
+    url = store_url(prefix)
+    store = RedisStorage(url, Settings(store=url, **kwargs))  # type: ignore[arg-type]
+    await store.open()
+    return store
+
+
+def test_url_hides_the_password_and_keeps_the_prefix() -> None:
+    url = "redis://user:s3cret@cache.internal:6380/2?prefix=chat"
+    store = open_storage(url, Settings(store=url))
+    assert store.url == "redis://user:***@cache.internal:6380/2?prefix=chat"
+    assert "s3cret" not in store.url
+    plain = RedisStorage("redis://127.0.0.1:6379/0", Settings())
+    assert plain.url == "redis://127.0.0.1:6379/0" and plain.prefix == "bridge"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1/0?prefix=a:b", "redis://127.0.0.1/0?prefix=", "redis:///0",
+     "redis://127.0.0.1/0?no_such_option=1", "redis://127.0.0.1/x",
+     "redis://127.0.0.1/0?socket_timeout=soon"],
+)
+def test_bad_urls_are_refused_with_a_reason(url: str) -> None:
+    with pytest.raises(InvalidInput, match="bad"):
+        RedisStorage(url, Settings())
+
+
+async def test_unreachable_redis_is_storage_unavailable() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0?prefix=nobody"
+    store = RedisStorage(url, Settings(store=url))
+    with pytest.raises(StorageUnavailable, match=r"cannot reach redis at redis://127\.0\.0\.1"):
+        await store.open()
+
+
+def test_error_mapping_names_the_cause() -> None:
+    cases = [
+        (redis.exceptions.ResponseError("OOM command not allowed when used memory > "
+                                        "'maxmemory'."), "out of memory"),
+        (redis.exceptions.ResponseError("READONLY You can't write against a read only "
+                                        "replica."), "read-only replica"),
+        (redis.exceptions.TimeoutError("Timeout reading from socket"), "did not answer in time"),
+        (redis.exceptions.ConnectionError("Connection refused"), "cannot reach redis"),
+    ]
+    for error, text in cases:
+        with pytest.raises(StorageUnavailable, match=text), redis_errors("redis://h", "x"):
+            raise error
+
+
+async def test_out_of_memory_is_storage_unavailable_and_stores_nothing(prefix: str) -> None:
+    store = await _open(prefix)
+    admin = aioredis.Redis.from_url(REDIS)
+    try:
+        await store.append("oom", Draft.build("user", "before"), ())
+        old = await admin.config_get("maxmemory-policy")
+        old_limit = (await admin.config_get("maxmemory"))["maxmemory"]
+        used = int((await admin.info("memory"))["used_memory"])
+        try:
+            # Only for this moment: a limit below what Redis holds already.
+            await admin.config_set("maxmemory", max(1, used // 2))
+            await admin.config_set("maxmemory-policy", "noeviction")
+            with pytest.raises(StorageUnavailable, match="out of memory"):
+                await store.append("oom", Draft.build("user", "x" * 10_000), ())
+        finally:
+            await admin.config_set("maxmemory", str(old_limit))
+            await admin.config_set("maxmemory-policy", str(old["maxmemory-policy"]))
+        history = await store.history("oom")
+        assert [m.content for m in history] == ["before"]
+        info = await store.session_info("oom")
+        assert info is not None and info.last_seq == 1
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_idempotency_keys_are_forgotten_with_trimmed_messages(prefix: str) -> None:
+    store = await _open(prefix, history_limit=10)
+    admin = aioredis.Redis.from_url(REDIS)
+    try:
+        for i in range(40):
+            await store.append("k", Draft.build("ai", str(i), key=f"key-{i}"), ())
+        kept = await admin.zcard(f"{prefix}:s:k:keys")
+        assert 10 <= kept <= 12  # bounded like the history, not one key per message ever
+        again = await store.append("k", Draft.build("ai", "0", key="key-0"), ())
+        assert not again.duplicate and again.message.seq == 41
+        recent = await store.append("k", Draft.build("ai", "39", key="key-39"), ())
+        assert recent.duplicate and recent.message.seq == 40
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_listen_backlog_is_bounded_and_keeps_the_newest(prefix: str) -> None:
+    url = store_url(prefix)
+    store = RedisStorage(url, Settings(store=url), listen_backlog=5)
+    await store.open()
+    try:
+        for i in range(8):
+            await store.append(f"b{i % 2}", Draft.build("user", str(i)), ())
+        claimed = []
+        while (m := await store.claim_listen(None)) is not None:
+            claimed.append(m.content)
+        assert claimed == ["3", "4", "5", "6", "7"]
+        assert await store.claim_listen("b0") is None and await store.claim_listen("b1") is None
+    finally:
+        await store.close()
+
+
+async def test_two_stores_on_one_prefix_share_seqs_and_claims(prefix: str) -> None:
+    a, b = await _open(prefix), await _open(prefix)
+    try:
+        assert a.epoch == b.epoch
+        results = await asyncio.gather(
+            *(s.append("shared", Draft.build("user", f"m{i}"), ())
+              for i, s in enumerate([a, b] * 25))
+        )
+        assert sorted(r.message.seq for r in results) == list(range(1, 51))
+        claims = await asyncio.gather(*(s.claim_listen("shared") for s in [a, b] * 30))
+        got = [m.seq for m in claims if m is not None]
+        assert sorted(got) == list(range(1, 51))  # each exactly once, none lost
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_new_session_after_delete_has_a_new_birth(prefix: str) -> None:
+    store = await _open(prefix)
+    try:
+        await store.append("again", Draft.build("user", "x"), ())
+        first = await store.session_info("again")
+        assert await store.delete_session("again")
+        await store.append("again", Draft.build("user", "y"), ())
+        second = await store.session_info("again")
+        assert first is not None and second is not None
+        assert second.created_at > first.created_at and second.last_seq == 1
+    finally:
+        await store.close()
