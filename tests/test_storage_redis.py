@@ -163,3 +163,19 @@ async def test_a_new_session_after_delete_has_a_new_birth(prefix: str) -> None:
         assert second.created_at > first.created_at and second.last_seq == 1
     finally:
         await store.close()
+
+
+async def test_an_epoch_lost_with_redis_data_is_renewed_on_ping(prefix: str) -> None:
+    store = await _open(prefix)
+    admin = aioredis.Redis.from_url(REDIS)
+    try:
+        old = store.epoch
+        await store.ping()
+        assert store.epoch == old  # stable while Redis keeps it
+        await admin.delete(f"{prefix}:epoch")  # what a restart without persistence does
+        await store.ping()
+        assert store.epoch and store.epoch != old
+        assert (await admin.get(f"{prefix}:epoch")).decode() == store.epoch
+    finally:
+        await admin.aclose()
+        await store.close()

@@ -3,7 +3,7 @@
 Key layout (`P` is the prefix, default `bridge`; a session id never contains a space,
 and its keys end with a fixed suffix, so no two sessions' keys can collide):
 
-    P:epoch                 string   the history's lifetime (set once, kept forever)
+    P:epoch                 string   the history's lifetime (named anew only if lost)
     P:template              string   the chat template as JSON
     P:sessions              zset     session id -> creation ordinal (from P:ord)
     P:ord                   string   counter of created sessions
@@ -430,16 +430,20 @@ class RedisStorage:
         self._claim_one = client.register_script(_CLAIM_ONE)
         self._claim_any = client.register_script(_CLAIM_ANY)
         try:
-            with self._errors("open"):
-                # The first instance to open names the epoch; the others adopt it.
-                await client.set(self._keys.epoch, uuid.uuid4().hex, nx=True)
-                epoch = await client.get(self._keys.epoch)
+            await self._adopt_epoch(client)
         except StorageUnavailable:
             await client.aclose()
             await client.connection_pool.aclose()
             raise
-        self._epoch = as_text(epoch)
         self._client = client
+
+    async def _adopt_epoch(self, client: aioredis.Redis) -> None:
+        # The first instance to find no epoch names one; the others adopt it.
+        with self._errors("read the epoch"):
+            await client.set(self._keys.epoch, uuid.uuid4().hex, nx=True)
+            epoch = await client.get(self._keys.epoch)
+        if epoch is not None:
+            self._epoch = as_text(epoch)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -448,8 +452,9 @@ class RedisStorage:
             await client.connection_pool.aclose()
 
     async def ping(self) -> None:
-        with self._errors("ping"):
-            await self._redis().ping()
+        # Also re-reads the epoch: if Redis lost everything (restarted without
+        # persistence) the first instance to notice names a new one, the others adopt it.
+        await self._adopt_epoch(self._redis())
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
