@@ -192,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--priority", type=int, default=0, metavar="N",
                         help="run the servers and load generators N nice levels above other "
                              "processes (root only; for a machine others keep busy)")
+    parser.add_argument("--no-cluster", action="store_true",
+                        help="skip the Redis cluster table (3 instances + Redis vs 1 instance)")
     parser.add_argument("--candidate", choices=("bridge", "reference"), default="bridge",
                         help="'reference' runs the reference against itself: checks the "
                              "harness and shows the noise floor (ratios should be ~1.0x)")
@@ -250,4 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"environment": env, "plan": asdict(plan), "table": rows, "runs": runs}
         ), indent=1))
     failed_runs = any("error" in r for per in runs.values() for rs in per.values() for r in rs)
+    if args.candidate == "bridge" and not args.only and not args.no_cluster:
+        # Issue 5's table: three instances sharing Redis against one, same load.
+        from bench.cluster import render as render_cluster
+        from bench.cluster import run_cluster_bench
+
+        print("\nRedis cluster: 3 instances + Redis against 1 instance (same Redis store)\n")
+        print(render_cluster(run_cluster_bench(args.quick)))
     return 1 if failed_runs else 0

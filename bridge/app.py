@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="The documented Langflow 'Streamlit API' plus a WebSocket hub keyed by session.",
         lifespan=lifespan,
-        routes=[*api.router.routes, *health.router.routes, *ws.routes],
+        routes=[*api.fast_routes, *api.router.routes, *health.router.routes, *ws.routes],
         # The bridge exports its own Prometheus metrics; FastAPI's OpenTelemetry hooks
         # would look up providers on every request (~12 us of a ~100 us POST).
         telemetry={"tracing": False, "metrics": False, "logs": False},
