@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,10 +163,17 @@ def _print_event(event: dict[str, Any], last: int) -> int:
     return last
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def up(port: int, chat_port: int, store: str | None) -> int:
     """Start bridge, chat page and demo bot as child processes; stop all on Ctrl-C."""
     url = f"http://127.0.0.1:{port}"
     exe = [sys.executable, "-m", "bridge"]
+    # SIGTERM or a closed terminal must stop the children too, as Ctrl-C does.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     serve = [*exe, "serve", "--port", str(port)] + (["--store", store] if store else [])
     # The page's origin must be allowed to open sockets; the default allows port 5001 only.
     origins = ",".join(f"http://{h}:{chat_port}" for h in ("localhost", "127.0.0.1", "[::1]"))
