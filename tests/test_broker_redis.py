@@ -94,7 +94,7 @@ async def test_session_lock_excludes_across_instances(pair: Pair) -> None:
         async with broker.lock("locked"):
             inside += 1
             most = max(most, inside)
-            await asyncio.sleep(0.002)  # hold it across a suspension point
+            await asyncio.sleep(0.002)  # wait-ok: work while holding the lock, not a sync
             order.append(name)
             inside -= 1
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from bridge.errors import RateLimited
 from bridge.listen import ListenBoard
 from bridge.ordering import KeyedLocks
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until `condition` holds (bounded)."""
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0)  # poll: one loop iteration
 
 
 async def test_waiters_woken_each_item_claimed_once() -> None:
@@ -19,7 +27,7 @@ async def test_waiters_woken_each_item_claimed_once() -> None:
         return queue.pop(0) if queue else None
 
     waiters = [asyncio.create_task(board.wait(claim, 5)) for _ in range(3)]
-    await asyncio.sleep(0)  # let them park
+    await _until(lambda: board.waiting == 3)  # all parked
     for item in (1, 2, 3):
         queue.append(item)
         board.notify()
@@ -33,7 +41,7 @@ async def test_timeout_returns_none_and_limit_refuses() -> None:
         return None
 
     parked = asyncio.create_task(board.wait(nothing, 0.2))
-    await asyncio.sleep(0)
+    await _until(lambda: board.waiting == 1)
     with pytest.raises(RateLimited):
         await board.wait(nothing, 1)
     assert await parked is None and board.waiting == 0
@@ -52,7 +60,7 @@ async def test_keyed_locks_serialise_per_key_and_forget_idle_keys() -> None:
 
     gate = asyncio.Event()
     first = asyncio.create_task(work("k", "a", gate))
-    await asyncio.sleep(0)
+    await _until(lambda: "a+" in order)  # "a" holds the lock
     second = asyncio.create_task(work("k", "b"))
     other = asyncio.create_task(work("j", "c"))
     await other  # another key is not held up

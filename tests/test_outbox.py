@@ -97,8 +97,15 @@ async def test_send_waits_for_backlog_then_writes() -> None:
     outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
     sock.writable.clear()
     outbox.put(m("queued"))
-    waiter = asyncio.create_task(outbox.send(m("direct")))
-    await asyncio.sleep(0)  # let the waiter start; it must not overtake the queued frame
+    started = asyncio.Event()
+
+    async def direct() -> None:
+        started.set()  # no suspension point until outbox.send suspends
+        await outbox.send(m("direct"))
+
+    waiter = asyncio.create_task(direct())
+    await asyncio.wait_for(started.wait(), 5)
+    assert sock.sent == []  # it must not overtake the queued frame
     sock.writable.set()
     await asyncio.wait_for(waiter, 5)
     assert sock.sent == ["queued", "direct"]
