@@ -61,7 +61,7 @@ def recording_server(answer: Callable[[Recorded], Reply]) -> Iterator[Recorder]:
             recorder_box[0].requests.append(seen)
             reply = answer(seen)
             if reply.delay:
-                time.sleep(reply.delay)  # the scripted slow peer, not test synchronisation
+                time.sleep(reply.delay)  # wait-ok: the scripted slow peer, not test synchronisation
             payload = b"" if reply.body is None else json.dumps(reply.body).encode()
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
