@@ -43,10 +43,10 @@ import redis
 
 from bench.load import PublishJob, SubscribeJob, publisher_main, raise_nofile, subscriber_main
 from bench.servers import Server, ServerSpec, bridge_available
+from tests.redis_support import REDIS, wipe_sync
 
 __all__ = ["ClusterPlan", "main", "run_cluster_bench"]
 
-REDIS = "redis://127.0.0.1:6379/15"
 LOG_DIR = Path(__file__).resolve().parent / "results" / "logs"
 _MP = multiprocessing.get_context("spawn")
 
@@ -252,13 +252,7 @@ def _topology(name: str, instances: int) -> Iterator[_Topology]:
             yield topo
         finally:
             stack.close()
-            client = redis.Redis.from_url(REDIS)
-            try:
-                keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-                if keys:
-                    client.unlink(*keys)
-            finally:
-                client.close()
+            wipe_sync(prefix)
 
 
 # --------------------------------------------------------------------------- scenarios

@@ -43,7 +43,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,9 +58,10 @@ import psutil
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from tests.support import RunningBridge, free_port
+
 __all__ = ["Sample", "SoakResult", "main", "run_soak", "summarise"]
 
-ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 _WS_GAUGE = re.compile(r"^bridge_ws_connections\s+([0-9.e+]+)\s*$", re.MULTILINE)
 
@@ -118,65 +118,40 @@ class SoakResult:
     fds_flat: bool
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Bridge:
-    """`python -m bridge serve` with a fresh SQLite file; stopped (and the file removed)
-    on exit, whatever happened."""
+    """`python -m bridge serve` with a fresh SQLite file (a `tests.support.RunningBridge`);
+    stopped, and the file removed, on exit, whatever happened."""
 
     def __init__(self, log_path: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self._log_path = log_path
-        self._env = env
         self._tmp = Path(tempfile.mkdtemp(prefix="bridge-soak-"))
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._running = RunningBridge(
+            port=free_port(),
+            store=f"sqlite:///{self._tmp / 'soak.db'}",  # absolute path: four slashes
+            env=env,
+            log_path=log_path,
+        )
+        self.port = self._running.port
+        self.url = self._running.url
+        self.ws_url = self._running.ws_url
         self.ps: psutil.Process | None = None
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The bridge process, once started."""
+        return self._running.proc
+
     def __enter__(self) -> Bridge:
-        store = f"sqlite:///{self._tmp / 'soak.db'}"  # absolute path: four slashes
-        cmd = [
-            sys.executable,
-            "-m",
-            "bridge",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--store",
-            store,
-        ]
-        with self._log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.ps = psutil.Process(self.proc.pid)
-        deadline = time.monotonic() + 30
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"bridge exited at start; see {self._log_path}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(f"{self.url}/healthz").status_code == 200:
-                        return self
-                time.sleep(0.05)  # poll interval while the bridge imports and binds
-        self.__exit__(None, None, None)
-        raise TimeoutError(f"bridge not healthy within 30 s; see {self._log_path}")
+        try:
+            self._running.start(timeout=30)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        assert self._running.proc is not None
+        self.ps = psutil.Process(self._running.proc.pid)
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        self._running.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def sample(self, t: float, sockets: int) -> Sample:

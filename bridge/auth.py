@@ -22,6 +22,12 @@ __all__ = ["Auth", "Token"]
 _ALGORITHM = "HS256"
 
 
+def _bearer(conn: HTTPConnection) -> str | None:
+    """The credential of an `Authorization: Bearer ...` header, if any."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     """A minted session token."""
@@ -62,10 +68,7 @@ class Auth:
         """Raise `Unauthorized` unless the request carries the API key (when one is set)."""
         if self._key is None:
             return
-        given = conn.headers.get("x-api-key")
-        if given is None:
-            scheme, _, value = conn.headers.get("authorization", "").partition(" ")
-            given = value.strip() if scheme.lower() == "bearer" else None
+        given = conn.headers.get("x-api-key") or _bearer(conn)
         if given is None:
             raise Unauthorized(
                 "this bridge needs an API key: send x-api-key or Authorization: Bearer"
@@ -90,10 +93,7 @@ class Auth:
             raise Forbidden(f"origin {origin[:80]} is not allowed (BRIDGE_ALLOWED_ORIGINS)")
         if self._signing is None:
             return
-        token = conn.query_params.get("token")
-        if token is None:
-            scheme, _, value = conn.headers.get("authorization", "").partition(" ")
-            token = value.strip() if scheme.lower() == "bearer" else None
+        token = conn.query_params.get("token") or _bearer(conn)
         if not token:
             raise Unauthorized("a session token is needed: ?token= (POST /sessions/{id}/token)")
         try:

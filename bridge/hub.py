@@ -135,12 +135,6 @@ class Hub:
         self._metrics.publish_to_send.observe(time.monotonic() - event.born)
         return delivered
 
-    def close_session(self, session_id: str, code: int, reason: str) -> None:
-        """Close every subscriber of `session_id` (the session was deleted)."""
-        for sub in tuple(self._topics.get(session_id, ())):
-            self._kick(sub, code, reason)
-        self._streams.pop(session_id, None)
-
     async def close_all(self, code: int, reason: str) -> None:
         """Close every subscriber (shutdown) and wait until the close frames are out."""
         for subs in tuple(self._topics.values()):

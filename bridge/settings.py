@@ -106,12 +106,6 @@ class Settings:
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
         return ("localhost", "127.0.0.1", "[::1]", "::1") if loopback else ("*",)
 
-    def replace(self, **changes: Any) -> Settings:
-        """A copy with `changes` applied and checked."""
-        settings = dataclasses.replace(self, **changes)
-        settings.check()
-        return settings
-
 
 def _field_type(f: dataclasses.Field[Any]) -> str:
     return str(f.type)

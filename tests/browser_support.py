@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from streamlit_client.launcher import PAGE, chat_command, chat_env
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, stop_process, wait_until
 
 __all__ = [
     "BROWSER_ARGS",
@@ -85,10 +85,4 @@ class RunningPage:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)

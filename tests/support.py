@@ -34,6 +34,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM `proc` and wait; SIGKILL if it does not stop within 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @dataclass
 class RunningBridge:
     """A real `python -m bridge serve` process on a free port."""
@@ -90,12 +101,7 @@ class RunningBridge:
 
     def stop(self) -> None:
         """SIGTERM and wait, SIGKILL if it does not stop within 10 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
     def restart(self) -> RunningBridge:
         self.stop()
