@@ -21,6 +21,8 @@ from types import TracebackType
 import httpx
 import psutil
 
+from tests.support import stop_process
+
 __all__ = ["BRIDGE", "BRIDGE_SQLITE", "REFERENCE", "Server", "ServerSpec", "bridge_available"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,14 +147,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM, wait up to 10 s, then SIGKILL; remove the temporary store."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(self._proc)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
