@@ -165,3 +165,43 @@ async def test_durable_history_and_epoch_survive_reopen(kind: str, tmp_path: Pat
         assert [m.content for m in await store.history("p")] == ["welcome", "kept"]
         nxt = await store.append("p", _draft("next"), WELCOME)
         assert nxt.message.seq == 3
+
+
+async def test_concurrent_appends_over_many_sessions(kind: str, tmp_path: Path) -> None:
+    # Enough at once for a grouping store to put many sessions, roles and repeated
+    # idempotency keys into one transaction.
+    async with opened(kind, tmp_path) as store:
+        drafts = [
+            (f"s{i % 7}", _draft(f"m{i}", "user" if i % 3 else "ai", key=f"k{i % 35}"))
+            for i in range(120)
+        ]
+        results = await asyncio.gather(*(store.append(s, d, WELCOME) for s, d in drafts))
+        fresh = [(s, r) for (s, _), r in zip(drafts, results, strict=True) if not r.duplicate]
+        assert len(fresh) == 35  # one per key (i and i + 35 share a session)
+        for (s, d), r in zip(drafts, results, strict=True):
+            assert r.message.session_id == s
+            if r.duplicate:  # the first message stored under this key
+                assert r.stored == () and r.message.content != d.content
+        sessions = sorted({s for s, _ in drafts})
+        for session in sessions:
+            mine = sorted(r.message.seq for s, r in fresh if s == session)
+            assert mine == list(range(2, 2 + len(mine)))  # 1 is the welcome
+            assert [m.seq for m in await store.history(session)] == [1, *mine]
+        user = sorted(r.message.id for _, r in fresh if r.message.role == "user")
+        claimed = []
+        while (m := await store.claim_listen(None)) is not None:
+            claimed.append(m.id)
+        assert sorted(claimed) == user  # each once
+
+
+async def test_concurrent_appends_trim_to_the_limit(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, history_limit=5) as store:
+        results = await asyncio.gather(
+            *(store.append(f"t{i % 3}", _draft(f"m{i}"), WELCOME) for i in range(90))
+        )
+        for session in ("t0", "t1", "t2"):
+            last = max(r.message.seq for r in results if r.message.session_id == session)
+            assert last == 31  # the welcome and 30 messages
+            history = await store.history(session)
+            assert 5 <= len(history) <= 6  # trimmed in steps, never below the limit
+            assert [m.seq for m in history] == list(range(history[0].seq, 32))

@@ -1,17 +1,18 @@
 """`sqlite:///path.db`: one embedded file, group commit, durable before the 200.
 
 Writes are queued and a single writer task commits everything queued so far in one
-transaction (each write in its own savepoint, so one bad write fails alone), then
-resolves the callers: many concurrent POSTs share one fsync. Reads use a second
-connection; WAL mode lets them run beside the writer. Both connections live in their
-own one-thread executors because sqlite3 connections must stay on one thread.
+transaction, then resolves the callers: many concurrent POSTs share one fsync, and their
+rows go in with a few multi-row INSERTs (`sqlite_txn` says why). If that transaction
+fails, each of its writes is retried in a transaction of its own, so that one bad write
+fails alone. Reads use a second connection; WAL mode lets them run beside the writer.
+Both connections live in their own one-thread executors because sqlite3 connections must
+stay on one thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,19 +22,27 @@ from typing import Any, TypeVar
 from bridge.errors import StorageUnavailable
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
 from bridge.storage.base import Appended
+from bridge.storage.sqlite_txn import (
+    COLUMNS,
+    Append,
+    Create,
+    Delete,
+    Reset,
+    SeqCache,
+    Transaction,
+    Write,
+)
 
 __all__ = ["SqliteStorage"]
 
 T = TypeVar("T")
-Op = Callable[[sqlite3.Connection], Any]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     ord INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    last_seq INTEGER NOT NULL
+    created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
     session_id TEXT NOT NULL,
@@ -56,11 +65,16 @@ CREATE TABLE IF NOT EXISTS listen_backlog (
 CREATE INDEX IF NOT EXISTS listen_backlog_session ON listen_backlog (session_id, n);
 """
 
-_COLUMNS = "id, session_id, seq, role, content, type, created_at"
-
 
 def _row(row: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(*row)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file written by an earlier version to the current layout."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+    if "last_seq" in columns:  # now the largest seq of the session's messages
+        conn.execute("ALTER TABLE sessions DROP COLUMN last_seq")
 
 
 class SqliteStorage:
@@ -76,6 +90,7 @@ class SqliteStorage:
         batch_max: int = 512,
         pending_max: int = 50_000,
         busy_timeout_ms: int = 5000,
+        seq_cache: int = 100_000,
     ) -> None:
         self._path = path
         self._history_limit = history_limit
@@ -84,7 +99,8 @@ class SqliteStorage:
         self._batch_max = batch_max
         self._pending_max = pending_max
         self._busy_timeout_ms = busy_timeout_ms
-        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._seqs = SeqCache(seq_cache)  # the writer thread's alone
         self._wakeup = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._wexec = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -104,7 +120,10 @@ class SqliteStorage:
     # -- lifecycle -------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        # Room for the 2 x 64 multi-row INSERTs besides the other statements.
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         # Another process holding the file (a backup, a stray sqlite3 shell) makes writes
@@ -116,6 +135,7 @@ class SqliteStorage:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._wconn = self._connect()
         conn.executescript(_SCHEMA)
+        _migrate(conn)
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex,)
         )
@@ -154,13 +174,13 @@ class SqliteStorage:
 
     # -- the group-commit writer ---------------------------------------------------
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, write: Write) -> Any:
         if self._writer_task is None:
             raise StorageUnavailable(f"{self.url} is not open")
         if len(self._pending) >= self._pending_max:
             raise StorageUnavailable("sqlite write queue is full; retry shortly")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
         self._wakeup.set()
         return await future
 
@@ -177,7 +197,7 @@ class SqliteStorage:
         loop = asyncio.get_running_loop()
         try:
             outcomes = await loop.run_in_executor(
-                self._wexec, self._commit, [op for op, _ in batch]
+                self._wexec, self._commit, [write for write, _ in batch]
             )
         except Exception as exc:  # the writer must outlive any failure, or every write hangs
             error = StorageUnavailable(f"sqlite commit failed, nothing was stored: {exc}")
@@ -193,27 +213,39 @@ class SqliteStorage:
             else:
                 future.set_exception(value)
 
-    def _commit(self, ops: list[Op]) -> list[tuple[bool, Any]]:
+    def _commit(self, writes: list[Write]) -> list[tuple[bool, Any]]:
+        """Commit `writes` together; if that fails, each alone (on the writer thread)."""
         conn = self._wconn
         assert conn is not None  # opened before the writer task starts
-        outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")  # a failure here fails the whole group: not retried
         try:
-            for op in ops:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((True, op(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # this write fails alone; the batch goes on
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((False, StorageUnavailable(f"sqlite: {exc}")))
+            values = self._apply(conn, writes)
+        except Exception as exc:
+            if len(writes) == 1:
+                return [(False, StorageUnavailable(f"sqlite: {exc}"))]
+            return [self._commit_alone(conn, write) for write in writes]
+        return [(True, value) for value in values]
+
+    def _commit_alone(self, conn: sqlite3.Connection, write: Write) -> tuple[bool, Any]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return True, self._apply(conn, [write])[0]
+        except Exception as exc:  # this write fails alone; the others go on
+            return False, StorageUnavailable(f"sqlite: {exc}")
+
+    def _apply(self, conn: sqlite3.Connection, writes: list[Write]) -> list[Any]:
+        """Apply `writes` in the open transaction and commit it; roll back on any error."""
+        txn = Transaction(conn, self._seqs, self._history_limit, self._listen_backlog)
+        try:
+            values = [txn.apply(write) for write in writes]
+            txn.finish()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return outcomes
+        self._seqs.update(txn.seqs)
+        return values
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         if self._rconn is None:
@@ -224,95 +256,25 @@ class SqliteStorage:
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"sqlite read failed: {exc}") from exc
 
-    # -- write operations (run on the writer thread inside a transaction) -------------
-
-    def _insert(
-        self, conn: sqlite3.Connection, session_id: str, seq: int, d: Draft
-    ) -> StoredMessage:
-        message = StoredMessage.from_draft(session_id, seq, d)
-        conn.execute(
-            "INSERT INTO messages (id, session_id, seq, role, content, type, created_at, key)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (message.id, session_id, seq, d.role, d.content, d.type, message.created_at, d.key),
-        )
-        if d.role == "user":
-            cur = conn.execute(
-                "INSERT INTO listen_backlog (session_id, seq) VALUES (?, ?)", (session_id, seq)
-            )
-            n = cur.lastrowid or 0
-            if n % 100 == 0:
-                conn.execute("DELETE FROM listen_backlog WHERE n <= ?", (n - self._listen_backlog,))
-        return message
-
-    def _create(
-        self, conn: sqlite3.Connection, session_id: str, seed: Sequence[Draft]
-    ) -> list[StoredMessage]:
-        conn.execute(
-            "INSERT INTO sessions (id, created_at, last_seq) VALUES (?, ?, ?)",
-            (session_id, time.time(), len(seed)),
-        )
-        return [self._insert(conn, session_id, i, d) for i, d in enumerate(seed, 1)]
-
-    def _trim(self, conn: sqlite3.Connection, session_id: str, seq: int) -> None:
-        step = max(1, self._history_limit // 10)
-        if seq > self._history_limit and seq % step == 0:
-            conn.execute(
-                "DELETE FROM messages WHERE session_id = ? AND seq <= ?",
-                (session_id, seq - self._history_limit),
-            )
+    # -- writes (queued for the group-commit writer) ------------------------------------
 
     async def create_session(
         self, session_id: str, seed: Sequence[Draft]
     ) -> tuple[StoredMessage, ...] | None:
-        def op(conn: sqlite3.Connection) -> tuple[StoredMessage, ...] | None:
-            if conn.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone():
-                return None
-            return tuple(self._create(conn, session_id, seed))
-
-        return await self._write(op)
+        result: tuple[StoredMessage, ...] | None = await self._write(
+            Create(session_id, tuple(seed))
+        )
+        return result
 
     async def append(self, session_id: str, draft: Draft, seed: Sequence[Draft]) -> Appended:
-        def op(conn: sqlite3.Connection) -> Appended:
-            row = conn.execute(
-                "SELECT last_seq FROM sessions WHERE id = ?", (session_id,)
-            ).fetchone()
-            stored: list[StoredMessage] = []
-            if row is None:
-                stored = self._create(conn, session_id, seed)
-                last_seq = len(seed)
-            else:
-                last_seq = row[0]
-                if draft.key is not None:
-                    first = conn.execute(
-                        f"SELECT {_COLUMNS} FROM messages WHERE session_id = ? AND key = ?",
-                        (session_id, draft.key),
-                    ).fetchone()
-                    if first is not None:
-                        return Appended(_row(first), (), True)
-            message = self._insert(conn, session_id, last_seq + 1, draft)
-            conn.execute(
-                "UPDATE sessions SET last_seq = ? WHERE id = ?", (last_seq + 1, session_id)
-            )
-            self._trim(conn, session_id, last_seq + 1)
-            stored.append(message)
-            return Appended(message, tuple(stored), False)
-
-        return await self._write(op)
+        result: Appended = await self._write(Append(session_id, draft, tuple(seed)))
+        return result
 
     async def delete_session(self, session_id: str) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
-            conn.execute("DELETE FROM listen_backlog WHERE session_id = ?", (session_id,))
-            return conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
-
-        return await self._write(op)
+        return bool(await self._write(Delete(session_id)))
 
     async def reset(self) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            for table in ("messages", "listen_backlog", "sessions"):
-                conn.execute(f"DELETE FROM {table}")
-
-        await self._write(op)
+        await self._write(Reset())
 
     async def save_template(self, template: Template) -> None:
         body = template.model_dump_json()
@@ -332,13 +294,14 @@ class SqliteStorage:
                 return None
             conn.execute("DELETE FROM listen_backlog WHERE n = ?", (row[0],))
             found = conn.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE session_id = ? AND seq = ?",
+                f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq = ?",
                 (row[1], row[2]),
             ).fetchone()
             # A message trimmed from history since is gone for Listen too.
             return _row(found) if found else op(conn)
 
-        return await self._write(op)
+        claimed: StoredMessage | None = await self._write(op)
+        return claimed
 
     # -- reads ----------------------------------------------------------------------
 
@@ -355,13 +318,13 @@ class SqliteStorage:
         def op(conn: sqlite3.Connection) -> list[StoredMessage]:
             if last is None:
                 rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE session_id = ? AND seq > ?"
+                    f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq > ?"
                     " AND seq < ? ORDER BY seq",
                     (session_id, after, upper),
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE session_id = ? AND seq > ?"
+                    f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq > ?"
                     " AND seq < ? ORDER BY seq DESC LIMIT ?",
                     (session_id, after, upper, last),
                 ).fetchall()
@@ -374,13 +337,13 @@ class SqliteStorage:
         def op(conn: sqlite3.Connection) -> StoredMessage | None:
             if role is None:
                 row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE session_id = ?"
+                    f"SELECT {COLUMNS} FROM messages WHERE session_id = ?"
                     " ORDER BY seq DESC LIMIT 1",
                     (session_id,),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE session_id = ? AND role = ?"
+                    f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND role = ?"
                     " ORDER BY seq DESC LIMIT 1",
                     (session_id, role),
                 ).fetchone()
@@ -391,14 +354,14 @@ class SqliteStorage:
     async def session_info(self, session_id: str) -> SessionInfo | None:
         def op(conn: sqlite3.Connection) -> SessionInfo | None:
             row = conn.execute(
-                "SELECT created_at, last_seq FROM sessions WHERE id = ?", (session_id,)
+                "SELECT created_at, (SELECT MAX(seq) FROM messages WHERE session_id = ?),"
+                " (SELECT COUNT(*) FROM messages WHERE session_id = ?)"
+                " FROM sessions WHERE id = ?",
+                (session_id, session_id, session_id),
             ).fetchone()
             if row is None:
                 return None
-            (count,) = conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            return SessionInfo(session_id, row[0], row[1], count)
+            return SessionInfo(session_id, row[0], row[1] or 0, row[2])
 
         return await self._read(op)
 

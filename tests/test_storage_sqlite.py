@@ -1,0 +1,186 @@
+"""What only the SQLite store does: group commit, its seq cache, failure isolation, layout."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import StorageUnavailable
+from bridge.models import Draft
+from bridge.storage.sqlite import SqliteStorage
+from bridge.storage.sqlite_txn import SeqCache
+
+WELCOME = (Draft.build("ai", "welcome", id="welcome"),)
+
+
+def _draft(content: str, role: str = "user", key: str | None = None) -> Draft:
+    return Draft.build(role, content, key=key)
+
+
+async def _open(path: Path, **options: int) -> SqliteStorage:
+    store = SqliteStorage(path, **options)  # type: ignore[arg-type]
+    await store.open()
+    return store
+
+
+def _fail(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+
+async def test_writes_queued_together_apply_in_order_in_one_group(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "b.db")
+    try:
+        # Queued in one go: appends, a duplicate key, a delete and a re-creation, in order.
+        results = await asyncio.gather(
+            store.append("a", _draft("a1", key="x"), WELCOME),
+            store.append("b", _draft("b1"), WELCOME),
+            store.append("a", _draft("a2", key="x"), WELCOME),  # duplicate of a1
+            store.append("a", _draft("a3"), WELCOME),
+            store.delete_session("a"),
+            store.append("a", _draft("a4", key="x"), WELCOME),  # the key went with it
+            store.create_session("b", WELCOME),
+            store.create_session("c", WELCOME),
+        )
+        a1, b1, a2, a3, deleted, a4, b_again, c = results
+        assert (a1.message.seq, a3.message.seq) == (2, 3)
+        assert a2.duplicate and a2.message == a1.message and a2.stored == ()
+        assert deleted is True
+        assert not a4.duplicate and [m.seq for m in a4.stored] == [1, 2]
+        assert b1.message.seq == 2 and b_again is None
+        assert c is not None and [m.seq for m in c] == [1]
+        assert [m.content for m in await store.history("a")] == ["welcome", "a4"]
+        info = await store.session_info("a")
+        assert info is not None and (info.last_seq, info.message_count) == (2, 2)
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_fails_alone_and_the_rest_commit(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "b.db")
+    try:
+        await store.append("s", _draft("first"), WELCOME)  # seq 2, now in the seq cache
+        results = await asyncio.gather(
+            *(store.append("s", _draft(f"m{i}"), WELCOME) for i in range(5)),
+            store._write(_fail),
+            *(store.append("s", _draft(f"n{i}"), WELCOME) for i in range(5)),
+            return_exceptions=True,
+        )
+        failed = results.pop(5)
+        assert isinstance(failed, StorageUnavailable) and "no_such_table" in str(failed)
+        assert [r.message.seq for r in results] == list(range(3, 13))  # type: ignore[union-attr]
+        after = await store.append("s", _draft("after"), WELCOME)
+        assert after.message.seq == 13
+    finally:
+        await store.close()
+    reopened = await _open(tmp_path / "b.db")
+    try:
+        history = await reopened.history("s")
+        assert [m.seq for m in history] == list(range(1, 14))
+        assert history[-1].content == "after"
+    finally:
+        await reopened.close()
+
+
+async def test_a_group_whose_commit_fails_stores_nothing_and_recovers(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "b.db", busy_timeout_ms=100)
+    other = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+    try:
+        await store.append("s", _draft("first"), WELCOME)
+        # Another process holds the write lock, longer than the store's busy timeout.
+        other.execute("BEGIN IMMEDIATE")
+        results = await asyncio.gather(
+            *(store.append("s", _draft(f"lost{i}"), WELCOME) for i in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StorageUnavailable) for r in results)
+        other.execute("ROLLBACK")
+        again = await store.append("s", _draft("again"), WELCOME)
+        assert again.message.seq == 3  # the failed group did not advance the cache
+        assert [m.content for m in await store.history("s")] == ["welcome", "first", "again"]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_file_of_the_earlier_layout_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('epoch', 'e-old');
+        CREATE TABLE sessions (
+            ord INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL, last_seq INTEGER NOT NULL);
+        CREATE TABLE messages (
+            session_id TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
+            role TEXT NOT NULL, content TEXT NOT NULL, type TEXT NOT NULL,
+            created_at REAL NOT NULL, key TEXT, PRIMARY KEY (session_id, seq)) WITHOUT ROWID;
+        INSERT INTO sessions (id, created_at, last_seq) VALUES ('s', 1.0, 2);
+        INSERT INTO messages VALUES ('s', 1, 'welcome', 'ai', 'hi', 'text', 1.0, 'welcome');
+        INSERT INTO messages VALUES ('s', 2, 'm2', 'user', 'old', 'text', 2.0, NULL);
+        """
+    )
+    old.close()
+    store = await _open(path)
+    try:
+        assert store.epoch == "e-old"
+        nxt = await store.append("s", _draft("new"), WELCOME)
+        assert nxt.message.seq == 3 and nxt.stored == (nxt.message,)
+        fresh = await store.append("t", _draft("t1"), WELCOME)  # sessions rows insert again
+        assert [m.seq for m in fresh.stored] == [1, 2]
+        info = await store.session_info("s")
+        assert info is not None and (info.last_seq, info.message_count) == (3, 3)
+        assert await store.sessions() == ["s", "t"]
+    finally:
+        await store.close()
+
+
+async def test_seq_cache_evicts_oldest_and_appends_stay_right(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "b.db", seq_cache=2)
+    try:
+        for round_ in range(3):
+            await asyncio.gather(
+                *(store.append(f"s{i}", _draft(f"{round_}"), WELCOME) for i in range(5))
+            )
+        assert len(store._seqs) == 2
+        for i in range(5):
+            assert [m.seq for m in await store.history(f"s{i}")] == [1, 2, 3, 4]
+    finally:
+        await store.close()
+
+
+def test_seq_cache_keeps_the_newest_within_its_limit() -> None:
+    cache = SeqCache(3)
+    cache.update({"a": 1, "b": 1, "c": 1})
+    cache.update({"a": 2})  # refreshed: now the newest
+    cache.update({"d": 1})
+    assert len(cache) == 3
+    assert cache.get("b") is None and cache.get("a") == 2 and cache.get("d") == 1
+    cache.discard("a")
+    assert cache.get("a") is None
+    cache.clear()
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 200])
+async def test_groups_of_any_size_insert_every_row(tmp_path: Path, rows: int) -> None:
+    store = await _open(tmp_path / "b.db")
+    try:
+        results = await asyncio.gather(
+            *(store.append(f"g{i % 9}", _draft(f"m{i}"), WELCOME) for i in range(rows))
+        )
+        stored = {(m.session_id, m.seq, m.id) for r in results for m in r.stored}
+        history = {
+            (m.session_id, m.seq, m.id) for i in range(9) for m in await store.history(f"g{i}")
+        }
+        assert stored == history and len(stored) == rows + min(rows, 9)
+        claimed = 0
+        while await store.claim_listen(None) is not None:
+            claimed += 1
+        assert claimed == rows  # every user message reached the Listen backlog
+    finally:
+        await store.close()
