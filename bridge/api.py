@@ -15,7 +15,7 @@ from bridge.chunks import decode_chunks
 from bridge.errors import InvalidInput, PayloadTooLarge
 from bridge.models import MessageIn, Template, check_session_id, describe_validation_error
 from bridge.ratelimit import RateLimiter
-from bridge.responses import json_response, no_content
+from bridge.responses import json_response, json_text_response, no_content
 from bridge.schemas import ERRORS, ListenAnswer, MessageOut, SessionOut, TokenOut
 from bridge.service import BridgeService
 
@@ -114,7 +114,7 @@ async def post_message(request: Request) -> Response:
     stored = await service.post(
         request.path_params["session_id"], message, request.headers.get("idempotency-key")
     )
-    return json_response(stored.to_dict())
+    return json_text_response(stored.to_json())
 
 
 fast_routes = [Route("/api/v1/sessions/{session_id}/messages", post_message, methods=["POST"])]
@@ -196,7 +196,7 @@ async def last_message(
     session_id: SessionPath, request: Request, role: Annotated[str, Query(max_length=16)] = "any"
 ) -> Response:
     message = await _service(request).last_message(session_id, role)
-    return json_response(message.to_dict())
+    return json_text_response(message.to_json())
 
 
 @router.post(
@@ -224,7 +224,7 @@ async def stream_message(
     ndjson = content_type.split(";")[0].strip() in ("application/x-ndjson", "application/jsonl")
     chunks = decode_chunks(request.stream(), ndjson=ndjson)
     stored = await _service(request).stream(session_id, role, chunks, idempotency_key)
-    return json_response(stored.to_dict())
+    return json_text_response(stored.to_json())
 
 
 async def _listen(request: Request, session_id: str | None, timeout: float | None) -> Response:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
+from bridge.jsontext import dumps
 from bridge.models import StoredMessage
+from bridge.values import value
 
 __all__ = ["ALL_SESSIONS", "Event", "text_message"]
 
 ALL_SESSIONS = "*"
 """The session id of an event meant for every subscriber (`template`, global `reset`)."""
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def text_message(frame: str) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def text_message(frame: str) -> dict[str, Any]:
     return {"type": "websocket.send", "text": frame}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Event:
     """One server-to-client event of a session.
 
@@ -42,7 +42,7 @@ class Event:
 
     def __post_init__(self) -> None:
         if not self.frame:
-            object.__setattr__(self, "frame", _dumps({"event": self.kind, **self.data}))
+            object.__setattr__(self, "frame", dumps({"event": self.kind, **self.data}))
         # The ASGI message every subscriber's socket is handed: built once, shared (the
         # server only reads it).
         self.asgi.update(type="websocket.send", text=self.frame)
@@ -50,11 +50,14 @@ class Event:
     @classmethod
     def message(cls, message: StoredMessage) -> Event:
         """A stored message, live or replayed."""
+        # The frame reuses the message's own JSON text: the HTTP answer that stored it
+        # sends the same text, so a POST encodes its message once.
         return cls(
             message.session_id,
             "message",
             {"seq": message.seq, "message": message.to_dict()},
             message.seq,
+            f'{{"event":"message","seq":{message.seq},"message":{message.to_json()}}}',
         )
 
     @classmethod
@@ -65,6 +68,8 @@ class Event:
             "stream.end",
             {"stream_id": stream_id, "seq": message.seq, "message": message.to_dict()},
             message.seq,
+            f'{{"event":"stream.end","stream_id":{dumps(stream_id)},"seq":{message.seq},'
+            f'"message":{message.to_json()}}}',
         )
 
     @classmethod

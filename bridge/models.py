@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.errors import InvalidInput
+from bridge.jsontext import dumps
+from bridge.values import value
 
 __all__ = [
     "ROLES",
@@ -87,7 +89,7 @@ class Template(BaseModel):
     port: int = Field(default=5001, ge=1, le=65535)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Draft:
     """A validated message not yet stored; `key` makes its publication idempotent."""
 
@@ -110,7 +112,7 @@ class Draft:
         return cls(role, content, type, id or uuid.uuid4().hex, key or id)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StoredMessage:
     """A message as stored: the documented `{role, content, type}` plus identity and order."""
 
@@ -121,6 +123,7 @@ class StoredMessage:
     content: str
     type: str
     created_at: float
+    _json: str = field(default="", init=False, repr=False, compare=False)
 
     @classmethod
     def from_draft(cls, session_id: str, seq: int, draft: Draft) -> StoredMessage:
@@ -138,6 +141,12 @@ class StoredMessage:
             "type": self.type,
             "created_at": self.created_at,
         }
+
+    def to_json(self) -> str:
+        """`to_dict()` as JSON text, encoded once however often it is sent."""
+        if not self._json:
+            object.__setattr__(self, "_json", dumps(self.to_dict()))
+        return self._json
 
 
 @dataclass(frozen=True, slots=True)

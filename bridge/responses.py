@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.responses import Response
 
-__all__ = ["json_response", "no_content"]
+from bridge.jsontext import dumps
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+__all__ = ["json_response", "json_text_response", "no_content"]
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A `Response` whose body is `data` as JSON."""
-    return Response(_encode(data), status, headers, media_type="application/json")
+    return json_text_response(dumps(data), status, headers)
+
+
+def json_text_response(
+    text: str, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A `Response` whose body is `text`, already JSON."""
+    return Response(text, status, headers, media_type="application/json")
 
 
 def no_content() -> Response:

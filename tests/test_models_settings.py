@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
 
 from bridge.chunks import decode_chunks
 from bridge.errors import InvalidInput
-from bridge.models import MessageIn, Template, check_session_id
+from bridge.events import Event
+from bridge.jsontext import dumps
+from bridge.models import MessageIn, StoredMessage, Template, check_session_id
 from bridge.settings import DEFAULT_STORE, Settings
 from bridge.storage import open_storage
 
@@ -89,3 +92,19 @@ async def test_decode_plain_and_ndjson_chunks() -> None:
         await _chunks([b"\xff\xfe"], False)
     with pytest.raises(InvalidInput, match="delta"):
         await _chunks([b'{"text": "x"}\n'], True)
+
+
+@pytest.mark.parametrize("content", ["plain", 'quotes " and \\ and\nnewlines', "émoji 🙂 ✓"])
+def test_message_frames_built_from_its_json_match_generic_encoding(content: str) -> None:
+    message = StoredMessage("id-1", "s", 7, "ai", content, "text", 1795692725.0969362)
+    assert json.loads(message.to_json()) == message.to_dict()
+    assert message.to_json() is message.to_json()  # encoded once
+    for event, expected in (
+        (Event.message(message), {"event": "message", "seq": 7, "message": message.to_dict()}),
+        (
+            Event.stream_end('st"1', message),
+            {"event": "stream.end", "stream_id": 'st"1', "seq": 7, "message": message.to_dict()},
+        ),
+    ):
+        assert event.frame == dumps(expected)  # same text the generic path would write
+        assert event.asgi == {"type": "websocket.send", "text": event.frame}

@@ -8,15 +8,15 @@ Each backend passes the one contract suite in `tests/test_storage_contract.py`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
+from bridge.values import value
 
 __all__ = ["Appended", "Storage"]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Appended:
     """The outcome of `Storage.append`.
 
