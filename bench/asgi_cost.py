@@ -8,7 +8,8 @@ response, without uvicorn's HTTP parsing or the kernel. It complements the table
 else the machine runs. `--profile` adds a cProfile of the bridge's run (top functions by
 own time).
 
-    .venv/bin/python -m bench.asgi_cost [--requests 5000] [--store memory://] [--profile]
+    .venv/bin/python -m bench.asgi_cost [--requests 5000] [--store memory://]
+        [--concurrency 1] [--profile]
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ def _scope(session_id: str) -> dict[str, Any]:
     }
 
 
-async def measure(app: Any, requests: int, profile: cProfile.Profile | None = None) -> float:
-    """CPU microseconds per POST of `app`, after a warm-up; fails on any non-200."""
+async def measure(
+    app: Any, requests: int, profile: cProfile.Profile | None = None, concurrency: int = 1
+) -> float:
+    """CPU microseconds per POST of `app`, after a warm-up; fails on any non-200.
+
+    `concurrency` requests are in flight at a time (as many workers, each sending in turn),
+    which is what lets a grouping store share one commit among them.
+    """
     statuses: set[int] = set()
 
     async def receive() -> dict[str, Any]:
@@ -64,9 +71,12 @@ async def measure(app: Any, requests: int, profile: cProfile.Profile | None = No
         await app(_scope(f"warm-{i}"), receive, send)
     if profile is not None:
         profile.enable()
+    async def worker(first: int) -> None:
+        for i in range(first, requests, concurrency):
+            await app(_scope(f"s-{i % 1000}"), receive, send)
+
     t0 = time.process_time()
-    for i in range(requests):
-        await app(_scope(f"s-{i % 1000}"), receive, send)
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
     spent = time.process_time() - t0
     if profile is not None:
         profile.disable()
@@ -75,13 +85,15 @@ async def measure(app: Any, requests: int, profile: cProfile.Profile | None = No
     return 1e6 * spent / requests
 
 
-async def _bridge(store: str, requests: int, profile: cProfile.Profile | None) -> float:
+async def _bridge(
+    store: str, requests: int, profile: cProfile.Profile | None, concurrency: int
+) -> float:
     from bridge.app import create_app  # the bridge is optional for the rest of bench/
     from bridge.settings import Settings
 
     app = create_app(Settings.load({}, store=store, log_level="warning"))
     async with app.router.lifespan_context(app):
-        return await measure(app, requests, profile)
+        return await measure(app, requests, profile, concurrency)
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -90,8 +102,8 @@ async def _main(args: argparse.Namespace) -> None:
         # Alternate, so that drift falls on both; report each side's median.
         ref, bridge = [], []
         for _ in range(args.rounds):
-            ref.append(await measure(reference_app(), args.requests))
-            bridge.append(await _bridge(store, args.requests, None))
+            ref.append(await measure(reference_app(), args.requests, None, args.concurrency))
+            bridge.append(await _bridge(store, args.requests, None, args.concurrency))
         ref.sort()
         bridge.sort()
         r, b = ref[len(ref) // 2], bridge[len(bridge) // 2]
@@ -99,7 +111,7 @@ async def _main(args: argparse.Namespace) -> None:
         print(f"bridge, store {args.store}: {b:7.1f} us of CPU per POST ({b / r:.2f}x)")
         if args.profile:  # a separate run: profiling slows what it watches
             profile = cProfile.Profile()
-            await _bridge(store, args.requests, profile)
+            await _bridge(store, args.requests, profile, args.concurrency)
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
             print(out.getvalue())
@@ -113,11 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--store", default="memory://",
                         help="bridge store URL; {tmp} is a fresh temporary folder, e.g. "
-                             "sqlite:///{tmp}/b.db (sequential requests: no commit grouping)")
+                             "sqlite:///{tmp}/b.db")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="requests in flight at a time; 64 matches `python -m bench`'s "
+                             "POST/s row and lets the SQLite store group commits")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     args.requests = max(100, min(args.requests, 1_000_000))
     args.rounds = max(1, min(args.rounds, 20))
+    args.concurrency = max(1, min(args.concurrency, 1000))
     try:
         import uvloop
     except ImportError:
