@@ -184,3 +184,27 @@ async def test_groups_of_any_size_insert_every_row(tmp_path: Path, rows: int) ->
         assert claimed == rows  # every user message reached the Listen backlog
     finally:
         await store.close()
+
+
+async def test_a_row_written_by_another_program_does_not_wedge_the_session(
+    tmp_path: Path,
+) -> None:
+    store = await _open(tmp_path / "b.db")
+    try:
+        await store.append("s", _draft("first"), WELCOME)  # seq 2, cached
+        other = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+        other.execute(
+            "INSERT INTO messages (session_id, seq, id, role, content, type, created_at)"
+            " VALUES ('s', 3, 'outside', 'ai', 'from elsewhere', 'text', 0)"
+        )
+        other.close()
+        nxt = await store.append("s", _draft("next"), WELCOME)  # the cache said 2
+        assert nxt.message.seq == 4
+        assert [m.content for m in await store.history("s")] == [
+            "welcome",
+            "first",
+            "from elsewhere",
+            "next",
+        ]
+    finally:
+        await store.close()

@@ -220,9 +220,10 @@ class SqliteStorage:
         conn.execute("BEGIN IMMEDIATE")  # a failure here fails the whole group: not retried
         try:
             values = self._apply(conn, writes)
-        except Exception as exc:
-            if len(writes) == 1:
-                return [(False, StorageUnavailable(f"sqlite: {exc}"))]
+        except Exception:
+            # The cached seqs may be what was wrong (another program wrote to the file):
+            # read them again, and commit each write alone so that a bad one fails alone.
+            self._seqs.clear()
             return [self._commit_alone(conn, write) for write in writes]
         return [(True, value) for value in values]
 
