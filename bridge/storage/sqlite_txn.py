@@ -125,9 +125,9 @@ class Transaction:
         self._conn = conn
         self._cache = cache
         self._history_limit = history_limit
+        self._trim_step = max(1, history_limit // 10)
         self._listen_backlog = listen_backlog
         self.seqs: dict[str, int] = {}
-        self._missing: set[str] = set()  # known not to exist at this point of the transaction
         self._rows: list[Any] = []  # flat values of buffered message rows
         self._backlog: list[Any] = []  # flat (session_id, seq) of buffered user messages
         self._keys: dict[tuple[str, str], StoredMessage] = {}  # keyed rows stored here
@@ -177,7 +177,6 @@ class Transaction:
         self._conn.execute(
             "INSERT INTO sessions (id, created_at) VALUES (?, ?)", (session_id, time.time())
         )
-        self._missing.discard(session_id)
         self.seqs[session_id] = 0
         return [self._add(session_id, seq, d) for seq, d in enumerate(seed, 1)]
 
@@ -192,8 +191,7 @@ class Transaction:
         if draft.key is not None:
             self._keys[(session_id, draft.key)] = message
         self.seqs[session_id] = seq
-        step = max(1, self._history_limit // 10)
-        if seq > self._history_limit and seq % step == 0:
+        if seq > self._history_limit and seq % self._trim_step == 0:
             self._trims.append((session_id, seq - self._history_limit))
         return message
 
@@ -207,17 +205,15 @@ class Transaction:
     def _reset(self) -> None:
         for table in ("messages", "listen_backlog", "sessions"):
             self._conn.execute(f"DELETE FROM {table}")
-        for session_id in list(self.seqs):
-            self._forget(session_id)
+        self.seqs.clear()
         self._cache.clear()
-        self._missing.clear()
         self._keys.clear()
 
     def _forget(self, session_id: str) -> None:
-        # Gone now; if this transaction rolls back, the cache simply reads it again.
+        # Gone now: the next lookup reads the database (and finds nothing); if this
+        # transaction rolls back, it finds the session again.
         self._cache.discard(session_id)
         self.seqs.pop(session_id, None)
-        self._missing.add(session_id)
         self._keys = {k: m for k, m in self._keys.items() if k[0] != session_id}
 
     # -- lookups -----------------------------------------------------------------------
@@ -226,8 +222,6 @@ class Transaction:
         """The session's last seq at this point of the transaction; None if it is new."""
         if session_id in self.seqs:
             return self.seqs[session_id]
-        if session_id in self._missing:
-            return None
         cached = self._cache.get(session_id)
         if cached is not None:
             return cached
