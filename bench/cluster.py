@@ -23,9 +23,7 @@ hop and a second parse per event), not the capacity three machines would have.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import multiprocessing
 import os
 import sys
 import threading
@@ -43,12 +41,13 @@ import redis
 
 from bench.load import PublishJob, SubscribeJob, publisher_main, raise_nofile, subscriber_main
 from bench.servers import Server, ServerSpec, bridge_available
+from bench.table import median
+from bench.workers import Worker, drain, percentile, ready, workers
 from tests.redis_support import REDIS, wipe_sync
 
 __all__ = ["ClusterPlan", "main", "run_cluster_bench"]
 
 LOG_DIR = Path(__file__).resolve().parent / "results" / "logs"
-_MP = multiprocessing.get_context("spawn")
 
 
 @dataclass(frozen=True)
@@ -80,73 +79,6 @@ class ClusterPlan:
                    fanout_warm=10, fanout_window=4)
 
 
-# ------------------------------------------------------------------------------ workers
-
-
-class _Worker:
-    """One load worker process (bench.load) and the parent's end of its pipe."""
-
-    def __init__(self, target: Any, job: Any) -> None:
-        self.conn, child = _MP.Pipe()
-        self.proc = _MP.Process(target=target, args=(job, child), daemon=True)
-        self.proc.start()
-        child.close()
-        self.reported = False
-
-    def expect(self, kind: str, deadline: float) -> Any:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self.conn.poll(remaining):
-            raise TimeoutError(f"worker {self.proc.pid}: no {kind!r} in time")
-        got, data = self.conn.recv()
-        if got != kind:
-            raise RuntimeError(f"worker {self.proc.pid}: {got}: {data}")
-        self.reported = kind == "result"
-        return data
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.conn.send("stop")
-
-    def end(self) -> None:
-        # A subscriber worker that has sent its result sometimes lingers ~10 s in its
-        # interpreter's exit; its work is done, so it is not waited for that long.
-        self.proc.join(timeout=2 if self.reported else 10)
-        if self.proc.is_alive():
-            self.proc.terminate()  # our own child, overstaying its bounded job
-            self.proc.join(timeout=5)
-        self.conn.close()
-
-
-@contextmanager
-def _workers(target: Any, jobs: Sequence[Any]) -> Iterator[list[_Worker]]:
-    started: list[_Worker] = []
-    try:
-        for job in jobs:
-            started.append(_Worker(target, job))
-        yield started
-    finally:
-        for w in started:
-            w.end()
-
-
-def _ready(workers: Sequence[_Worker], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for w in workers:
-        info = w.expect("ready", deadline)
-        if info.get("failed"):
-            raise RuntimeError(f"{info['failed']} connections failed: {info['errors']}")
-
-
-def _drain(subs: Sequence[_Worker], grace: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + grace
-    results = []
-    for w in subs:
-        if not w.conn.poll(max(0.0, deadline - time.monotonic())):
-            w.stop()
-        results.append(w.expect("result", time.monotonic() + 30.0))
-    return results
-
-
 def _closes(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Close codes the server sent while subscribers listened (4000: too slow)."""
     total: dict[str, int] = {}
@@ -154,12 +86,6 @@ def _closes(results: Sequence[dict[str, Any]]) -> dict[str, int]:
         for code, n in r["closes"].items():
             total[code] = total.get(code, 0) + n
     return total
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return math.nan
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 # ---------------------------------------------------------------------------- topology
@@ -190,9 +116,9 @@ class _Usage:
     Workers exit right after they report, and an exited process's CPU time can no longer
     be read: a thread samples them every 50 ms and keeps the last reading of each."""
 
-    def __init__(self, topo: _Topology, rc: redis.Redis, workers: Sequence[_Worker]) -> None:
+    def __init__(self, topo: _Topology, rc: redis.Redis, workers: Sequence[Worker]) -> None:
         self._topo, self._rc = topo, rc
-        self._procs = [psutil.Process(w.proc.pid) for w in workers]
+        self._procs = [w.ps for w in workers]
         self._seen = [self._cpu(p) for p in self._procs]
         self._t0 = time.monotonic()
         self._start = self._sample()
@@ -272,20 +198,20 @@ def _latency(topo: _Topology, plan: ClusterPlan, rc: redis.Redis) -> dict[str, A
     ]
     pub = PublishJob(topo.pub_port, ids, tag, "rate", connections=8, count=count,
                      rate=plan.lat_rate, timeout_s=plan.lat_seconds + 60)
-    with _workers(subscriber_main, jobs) as subs:
-        _ready(subs, 60.0)
-        with _workers(publisher_main, [pub]) as pubs:
+    with workers(subscriber_main, jobs) as subs:
+        ready(subs, 60.0)
+        with workers(publisher_main, [pub]) as pubs:
             usage = _Usage(topo, rc, [*subs, *pubs])
             published = pubs[0].expect("result", time.monotonic() + plan.lat_seconds + 60)
-            results = _drain(subs, 5.0)
+            results = drain(subs, 5.0)
             cpu = usage.done()
     samples = array("d")
     for r in results:
         samples.frombytes(r["latencies"])
     ordered = sorted(samples)
     return {
-        "p50_ms": 1000 * _percentile(ordered, 0.50),
-        "p99_ms": 1000 * _percentile(ordered, 0.99),
+        "p50_ms": 1000 * percentile(ordered, 0.50),
+        "p99_ms": 1000 * percentile(ordered, 0.99),
         "samples": len(ordered),
         "missing": sum(j.expect_total for j in jobs) - sum(r["frames"] for r in results),
         "out_of_order": sum(r["out_of_order"] for r in results),
@@ -308,12 +234,12 @@ def _fanout(topo: _Topology, plan: ClusterPlan, rc: redis.Redis) -> dict[str, An
     ]
     pub = PublishJob(topo.pub_port, (session,), tag, "window", connections=plan.fanout_window,
                      count=plan.fanout_messages, window=plan.fanout_window, timeout_s=150.0)
-    with _workers(subscriber_main, jobs) as subs:
-        _ready(subs, 60.0)
-        with _workers(publisher_main, [pub]) as pubs:
+    with workers(subscriber_main, jobs) as subs:
+        ready(subs, 60.0)
+        with workers(publisher_main, [pub]) as pubs:
             usage = _Usage(topo, rc, [*subs, *pubs])
             published = pubs[0].expect("result", time.monotonic() + 150.0)
-            results = _drain(subs, 5.0)
+            results = drain(subs, 5.0)
             cpu = usage.done()
     pub_times = array("d")
     pub_times.frombytes(published["pub_times"])
@@ -346,19 +272,11 @@ _ROWS: tuple[tuple[str, str, str, str, float | None, bool], ...] = (
 )
 
 
-def _median(values: Sequence[float]) -> float:
-    finite = sorted(v for v in values if isinstance(v, int | float) and math.isfinite(v))
-    if not finite:
-        return math.nan
-    mid = len(finite) // 2
-    return finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
-
-
 def _rows(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     rows = []
     for label, scenario, metric, unit, target, higher in _ROWS:
-        cluster = _median([r.get(metric, math.nan) for r in runs["cluster"][scenario]])
-        single = _median([r.get(metric, math.nan) for r in runs["single"][scenario]])
+        cluster = median([r.get(metric, math.nan) for r in runs["cluster"][scenario]])
+        single = median([r.get(metric, math.nan) for r in runs["single"][scenario]])
         ratio = cluster / single if math.isfinite(cluster) and single else math.nan
         verdict: bool | None = None
         if target is not None and math.isfinite(ratio):

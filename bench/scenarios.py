@@ -8,16 +8,13 @@ then the subscribers are drained and stopped. Every wait is bounded.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import multiprocessing
 import os
 import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +29,10 @@ from bench.load import (
     subscriber_main,
 )
 from bench.servers import Server
+from bench.workers import Worker, drain, percentile, ready, workers
 
 __all__ = ["NOISY_CORES", "Plan", "fanout", "idle_memory", "latency", "post_rate", "settle"]
 
-# spawn: a fresh interpreter per worker, no inherited loop, threads or sockets.
-_MP = multiprocessing.get_context("spawn")
 # The machine is shared: CPU used by other processes (in cores) below which it counts as
 # quiet before a measurement, and above which a measurement counts as noisy (and is retried
 # while the run's noise budget lasts).
@@ -91,55 +87,6 @@ class Plan:
                    noise_budget_s=10.0)
 
 
-class _Worker:
-    """One worker process and the parent's end of its pipe."""
-
-    def __init__(self, target: Callable[[Any, Any], None], job: Any) -> None:
-        self.conn, child = _MP.Pipe()
-        self.proc = _MP.Process(target=target, args=(job, child), daemon=True)
-        self.proc.start()
-        child.close()
-        self.ps = psutil.Process(self.proc.pid)
-
-    def expect(self, kind: str, deadline: float) -> Any:
-        """Wait (until the monotonic `deadline`) for a `(kind, data)` message."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not self.conn.poll(remaining):
-            raise TimeoutError(f"worker {self.proc.pid}: no {kind!r} in time")
-        got, data = self.conn.recv()
-        if got != kind:
-            raise RuntimeError(f"worker {self.proc.pid}: {got}: {data}")
-        return data
-
-    def stop(self) -> None:
-        """Tell it to finish (it then sends its result)."""
-        with contextlib.suppress(OSError):  # it may have finished and closed its end
-            self.conn.send("stop")
-
-    def end(self) -> None:
-        """Let it close its connections and exit; terminate it if it overstays (it is our
-        own child)."""
-        with contextlib.suppress(OSError):
-            self.conn.send("close")
-        self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(timeout=5)
-        self.conn.close()
-
-
-@contextmanager
-def _workers(target: Callable[[Any, Any], None], jobs: Sequence[Any]) -> Iterator[list[_Worker]]:
-    started: list[_Worker] = []
-    try:
-        for job in jobs:
-            started.append(_Worker(target, job))
-        yield started
-    finally:
-        for w in started:
-            w.end()
-
-
 def _split(items: Sequence[str], parts: int) -> list[tuple[str, ...]]:
     """Deal `items` into `parts` near-equal chunks, keeping each session's sockets together."""
     size = math.ceil(len(items) / parts)
@@ -162,29 +109,6 @@ def _tag() -> str:
 
 def _sessions(tag: str, n: int) -> list[str]:
     return [f"bench-{tag}-{i}" for i in range(n)]
-
-
-def _ready(workers: Sequence[_Worker], timeout: float) -> int:
-    """Wait for every worker's `ready`; fail loudly if any connection failed."""
-    deadline = time.monotonic() + timeout
-    connected = 0
-    for w in workers:
-        info = w.expect("ready", deadline)
-        if info.get("failed"):
-            raise RuntimeError(f"{info['failed']} connections failed: {info['errors']}")
-        connected += info["connected"]
-    return connected
-
-
-def _drain(subs: Sequence[_Worker], grace: float) -> list[dict[str, Any]]:
-    """Results of subscribers that end by themselves within `grace` s; the others are stopped."""
-    deadline = time.monotonic() + grace
-    results = []
-    for w in subs:
-        if not w.conn.poll(max(0.0, deadline - time.monotonic())):
-            w.stop()
-        results.append(w.expect("result", time.monotonic() + 30.0))
-    return results
 
 
 def _machine_cpu() -> float:
@@ -230,7 +154,7 @@ class _Cpu:
     points; `peers` are our other servers (their time is ours, not other tenants')."""
 
     def __init__(
-        self, server: Server, workers: Sequence[_Worker], peers: Sequence[Server] = ()
+        self, server: Server, workers: Sequence[Worker], peers: Sequence[Server] = ()
     ) -> None:
         self._server = server
         self._peers = [p for p in peers if p is not server]
@@ -242,7 +166,7 @@ class _Cpu:
         self._m0 = _machine_cpu()
 
     @staticmethod
-    def _cpu(w: _Worker) -> float:
+    def _cpu(w: Worker) -> float:
         # Workers stay alive until told "close", after this is read.
         t = w.ps.cpu_times()
         return float(t.user + t.system)
@@ -266,13 +190,6 @@ def _checks(subs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         closes.update(r["closes"])
     return {"out_of_order": sum(r["out_of_order"] for r in subs), "closes": dict(closes),
             "other_frames": sum(r["other_frames"] for r in subs)}
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence."""
-    if not ordered:
-        return math.nan
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def latency(
@@ -311,12 +228,12 @@ def latency(
                          count=count, rate=plan.lat_rate, alternates=tuple(targets[1:]),
                          slice_s=SLICE_S, timeout_s=plan.lat_seconds * len(servers) + 60,
                          cpus=_load_cpus(), hold=True)
-    with _workers(subscriber_main, sub_jobs) as subs:
-        _ready(subs, 60.0)
-        with _workers(publisher_main, [pub_job]) as pubs:
+    with workers(subscriber_main, sub_jobs) as subs:
+        ready(subs, 60.0)
+        with workers(publisher_main, [pub_job]) as pubs:
             cpus = [_Cpu(srv, [*subs, *pubs], servers) for srv in servers]
             pub = pubs[0].expect("result", time.monotonic() + plan.lat_seconds * len(servers) + 60)
-            results = _drain(subs, 5.0)
+            results = drain(subs, 5.0)
             usages = [cpu.done() for cpu in cpus]
     out = []
     for k in range(len(servers)):
@@ -328,8 +245,8 @@ def latency(
         expected = sum(j.expect_total for j, owner in zip(sub_jobs, owners, strict=True)
                        if owner == k)
         out.append({
-            "p50_ms": 1000 * _percentile(ordered, 0.50),
-            "p99_ms": 1000 * _percentile(ordered, 0.99),
+            "p50_ms": 1000 * percentile(ordered, 0.50),
+            "p99_ms": 1000 * percentile(ordered, 0.99),
             "samples": len(ordered),
             "missing": expected - sum(r["frames"] for r in mine),
             "statuses": pub["statuses_by_target"][k],
@@ -357,14 +274,14 @@ def fanout(server: Server, plan: Plan) -> dict[str, Any]:
                          connections=plan.fanout_window,
                          count=plan.fanout_messages, window=plan.fanout_window,
                          timeout_s=150.0, cpus=_load_cpus())
-    with _workers(subscriber_main, sub_jobs) as subs:
+    with workers(subscriber_main, sub_jobs) as subs:
         t0 = time.monotonic()
-        _ready(subs, 60.0)
+        ready(subs, 60.0)
         connect_s = time.monotonic() - t0
-        with _workers(publisher_main, [pub_job]) as pubs:
+        with workers(publisher_main, [pub_job]) as pubs:
             cpu = _Cpu(server, [*subs, *pubs])
             pub = pubs[0].expect("result", time.monotonic() + 150.0)
-            results = _drain(subs, 5.0)
+            results = drain(subs, 5.0)
             usage = cpu.done()
     pub_times = array("d")
     pub_times.frombytes(pub["pub_times"])
@@ -393,8 +310,8 @@ def post_rate(server: Server, plan: Plan) -> dict[str, Any]:
     sub_jobs = [SubscribeJob(server.port, chunk, tag, timeout_s=180.0, cpus=_load_cpus(),
                              hold=True)
                 for chunk in _split(ids, 2)]
-    with _workers(subscriber_main, sub_jobs) as subs:
-        _ready(subs, 60.0)
+    with workers(subscriber_main, sub_jobs) as subs:
+        ready(subs, 60.0)
         # Publishers start together at a shared time, after they have opened their connections.
         start_at = time.monotonic() + 1.5
         pub_jobs = [
@@ -405,13 +322,13 @@ def post_rate(server: Server, plan: Plan) -> dict[str, Any]:
                        cpus=_load_cpus())
             for k in range(plan.post_publishers)
         ]
-        with _workers(publisher_main, pub_jobs) as pubs:
+        with workers(publisher_main, pub_jobs) as pubs:
             time.sleep(max(0.0, start_at + plan.post_warm_seconds - time.monotonic()))
             cpu = _Cpu(server, [*subs, *pubs])
             deadline = time.monotonic() + plan.post_seconds + 60
             pub_results = [p.expect("result", deadline) for p in pubs]
             usage = cpu.done()
-            results = _drain(subs, 1.0)  # deliveries trail the last answers by far less
+            results = drain(subs, 1.0)  # deliveries trail the last answers by far less
     statuses: Counter[str] = Counter()
     for p in pub_results:
         statuses.update(p["statuses"])
@@ -437,22 +354,22 @@ def idle_memory(server: Server, plan: Plan) -> dict[str, Any]:
     warm_tag = _tag()
     warm_job = SubscribeJob(server.port, tuple(_sessions(warm_tag, 100)), warm_tag,
                             timeout_s=60.0, hold=True)
-    with _workers(subscriber_main, [warm_job]) as warm:
-        _ready(warm, 60.0)
-        _drain(warm, 0.0)
+    with workers(subscriber_main, [warm_job]) as warm:
+        ready(warm, 60.0)
+        drain(warm, 0.0)
     time.sleep(0.5)  # let the server finish closing the warm-up sockets
     before = server.rss()
     tag = _tag()
     chunks = _split(_sessions(tag, plan.mem_connections), plan.mem_procs)
     jobs = [SubscribeJob(server.port, chunk, tag, timeout_s=180.0, cpus=_load_cpus(), hold=True)
             for chunk in chunks]
-    with _workers(subscriber_main, jobs) as subs:
+    with workers(subscriber_main, jobs) as subs:
         t0 = time.monotonic()
-        connected = _ready(subs, 120.0)
+        connected = ready(subs, 120.0)
         connect_s = time.monotonic() - t0
         time.sleep(1.0)  # idle: heartbeats and lazy allocations settle
         after = server.rss()
-        results = _drain(subs, 0.0)
+        results = drain(subs, 0.0)
     return {
         "kib_per_conn": (after - before) / 1024 / max(1, connected),
         "connected": connected,
