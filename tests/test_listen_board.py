@@ -68,3 +68,31 @@ async def test_keyed_locks_serialise_per_key_and_forget_idle_keys() -> None:
     await asyncio.gather(first, second)
     assert order.index("a-") < order.index("b+") and "c-" in order
     assert len(locks) == 0
+
+
+async def test_keyed_locks_forget_a_waiter_cancelled_before_its_turn() -> None:
+    locks = KeyedLocks()
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with locks("k"):
+            held.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with locks("k"):
+            raise AssertionError("a cancelled waiter never gets the lock")
+
+    first = asyncio.create_task(holder())
+    await held.wait()
+    second = asyncio.create_task(waiter())
+    await _until(lambda: locks._locks["k"][1] == 2)  # the waiter is queued
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    release.set()
+    await first
+    assert len(locks) == 0
+    async with locks("k"):  # the key is usable again
+        assert len(locks) == 1
