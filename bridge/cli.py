@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         dest="listen_timeout_max_s",
         help="cap of Listen timeouts in seconds (BRIDGE_LISTEN_TIMEOUT_MAX_S)",
     )
+    serve.add_argument(
+        "--allow-no-key",
+        action="store_const",
+        const=True,
+        default=None,
+        help="serve beyond loopback without an API key (BRIDGE_ALLOW_NO_KEY); only when "
+        "something in front of the bridge authenticates every request",
+    )
     serve.add_argument("--log-level", help="debug, info, warning (BRIDGE_LOG_LEVEL)")
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
 
@@ -110,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_message_bytes=args.max_message_bytes,
                 listen_timeout_max_s=args.listen_timeout_max_s,
                 log_level=args.log_level,
+                allow_no_key=args.allow_no_key,
             )
             serve(settings, access_log=args.access_log)
             return 0

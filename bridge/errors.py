@@ -7,6 +7,7 @@
     ├── Unauthorized             401 / 1008  missing or wrong API key / token
     ├── Forbidden                403 / 1008  origin not allowed, token for another session
     ├── RateLimited              429 / 1013  too many requests from one client
+    │   └── QuotaExceeded        429 / 1013  a fixed cap reached (sessions, sockets)
     ├── Conflict                 409 / 1008  idempotency key reused with other content
     └── StorageUnavailable       503 / 1011  the store cannot be reached or is full
 
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RateLimited",
     "StorageUnavailable",
     "Unauthorized",
@@ -84,6 +86,14 @@ class RateLimited(BridgeError):
     def __init__(self, detail: str, retry_after: float) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class QuotaExceeded(RateLimited):
+    """A fixed cap is reached (sessions in the store, sockets per client or in total).
+    Waiting helps only if something else goes away, so Retry-After is a hint, not a promise."""
+
+    def __init__(self, detail: str, retry_after: float = 5.0) -> None:
+        super().__init__(detail, retry_after)
 
 
 class Conflict(BridgeError):

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bridge.errors import InvalidInput
 from bridge.jsontext import dumps
@@ -21,6 +21,9 @@ __all__ = [
     "SessionInfo",
     "StoredMessage",
     "Template",
+    "IMAGE_URL_MAX",
+    "RESERVED_IDS",
+    "check_image_content",
     "check_session_id",
     "check_text",
     "describe_validation_error",
@@ -32,6 +35,34 @@ MessageType = Literal["text", "image"]
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+RESERVED_IDS = frozenset({"welcome"})
+"""Message ids the bridge gives its own messages (the template's welcome); clients may not."""
+
+IMAGE_URL_MAX = 2048
+_IMAGE_URL = re.compile(r"https?://[^\s/?#@\\]+(?:[/?#][^\s\\]*)?", re.IGNORECASE)
+_IMAGE_DATA = re.compile(
+    r"data:image/(?:png|jpeg|gif|webp|avif|bmp)(?:;[a-z0-9=._+-]+)*;base64,[A-Za-z0-9+/=\s]*",
+    re.IGNORECASE,
+)
+
+
+def check_image_content(content: str) -> str:
+    """Return `content` if an image message may carry it: an `http(s)` URL (at most
+    2048 characters) or a base64 `data:image/...` URI (bounded by the message limit).
+
+    Anything else is refused, local paths above all: the chat page hands image content to
+    `st.image`, which opens local files, so a path would read the page's host.
+    SVG is refused too (it is a document, not a picture)."""
+    if _IMAGE_DATA.fullmatch(content):
+        return content
+    if len(content) <= IMAGE_URL_MAX and _IMAGE_URL.fullmatch(content):
+        return content
+    raise ValueError(
+        "an image message's content must be an http(s) URL of at most "
+        f"{IMAGE_URL_MAX} characters or a base64 data:image/(png|jpeg|gif|webp|avif|bmp) URI; "
+        "local paths and other schemes are refused"
+    )
 
 
 def check_text(text: str) -> str:
@@ -74,6 +105,14 @@ class MessageIn(BaseModel):
     content: Text
     type: MessageType = "text"
     id: str | None = Field(default=None, pattern=f"^{_MESSAGE_ID.pattern}$", max_length=128)
+
+    @model_validator(mode="after")
+    def _check(self) -> MessageIn:
+        if self.id in RESERVED_IDS:
+            raise ValueError(f"id {self.id!r} is reserved for the bridge's own messages")
+        if self.type == "image":
+            check_image_content(self.content)
+        return self
 
 
 class Template(BaseModel):

@@ -53,6 +53,18 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     sqlite_busy_timeout_ms: int = 5000
     log_level: str = "info"
+    # -- bounds added by the security review (docs/security.md, "Resource exhaustion") --
+    sockets_max: int = 10_000
+    sockets_per_client_max: int = 500
+    send_timeout_s: float = 10.0
+    replay_buffer_bytes: int = 2 * 1024 * 1024
+    listen_backlog_per_session: int = 1_000
+    sessions_max: int = 100_000
+    list_limit_max: int = 10_000
+    stream_idle_timeout_s: float = 60.0
+    stream_coalesce_s: float = 0.02
+    token_secret: str | None = None
+    allow_no_key: bool = False
 
     @classmethod
     def load(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -90,21 +102,42 @@ class Settings:
             "rate_limit_burst": (1, 1_000_000),
             "commit_batch_max": (1, 100_000),
             "sqlite_busy_timeout_ms": (0, 600_000),
+            "sockets_max": (1, 10_000_000),
+            "sockets_per_client_max": (1, 10_000_000),
+            "send_timeout_s": (0.1, 3600),
+            "replay_buffer_bytes": (64 * 1024, 1024**3),
+            "listen_backlog_per_session": (1, 1_000_000),
+            "sessions_max": (1, 100_000_000),
+            "list_limit_max": (1, 1_000_000),
+            "stream_idle_timeout_s": (0.1, 86400),
+            "stream_coalesce_s": (0, 1),
         }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not low <= value <= high:
                 raise InvalidInput(f"setting {name}={value} is outside {low}..{high}")
+        if self.token_secret is not None and len(self.token_secret.encode()) < 32:
+            raise InvalidInput("setting token_secret must be at least 32 bytes (256 bits)")
+        if not self.allow_no_key and not self.api_key and not self.on_loopback:
+            raise InvalidInput(
+                f"refusing to serve on {self.host} without an API key: anyone who reaches "
+                "the port could read every chat. Set BRIDGE_API_KEY (--api-key), or pass "
+                "--allow-no-key (BRIDGE_ALLOW_NO_KEY=1) if something in front authenticates"
+            )
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise InvalidInput("setting sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+
+    @property
+    def on_loopback(self) -> bool:
+        """True when the bind address is a loopback address or name."""
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
 
     @property
     def effective_allowed_hosts(self) -> tuple[str, ...]:
         """`allowed_hosts`, or its default for the bind address."""
         if self.allowed_hosts:
             return self.allowed_hosts
-        loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
-        return ("localhost", "127.0.0.1", "[::1]", "::1") if loopback else ("*",)
+        return ("localhost", "127.0.0.1", "[::1]", "::1") if self.on_loopback else ("*",)
 
 
 def _field_type(f: dataclasses.Field[Any]) -> str:
@@ -113,6 +146,13 @@ def _field_type(f: dataclasses.Field[Any]) -> str:
 
 def _parse(name: str, raw: str, type_name: str) -> Any:
     try:
+        if type_name.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
         if type_name.startswith("int"):
             return int(raw)
         if type_name.startswith("float"):
