@@ -15,14 +15,14 @@ from bridge.jsontext import dumps
 from bridge.values import value
 
 __all__ = [
+    "IMAGE_URL_MAX",
+    "RESERVED_IDS",
     "ROLES",
     "Draft",
     "MessageIn",
     "SessionInfo",
     "StoredMessage",
     "Template",
-    "IMAGE_URL_MAX",
-    "RESERVED_IDS",
     "check_image_content",
     "check_session_id",
     "check_text",
