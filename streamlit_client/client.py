@@ -51,9 +51,9 @@ def ws_base(http_url: str) -> str:
     """The WebSocket base URL for an HTTP base URL (`https` gives `wss`)."""
     url = http_url.rstrip("/")
     if url.startswith("https://"):
-        return "wss://" + url[len("https://"):]
+        return "wss://" + url[len("https://") :]
     if url.startswith("http://"):
-        return "ws://" + url[len("http://"):]
+        return "ws://" + url[len("http://") :]
     return url
 
 
@@ -184,11 +184,15 @@ class BridgeClient:
 
         Any session's (`GET /api/v1/listen/message`), or only `session_id`'s.
         """
-        path = f"{API}/listen/message" if session_id is None else (
-            f"{session_path(session_id)}/listen"
+        path = (
+            f"{API}/listen/message"
+            if session_id is None
+            else (f"{session_path(session_id)}/listen")
         )
         response = self._request(
-            "GET", path, params={"timeout": timeout},
+            "GET",
+            path,
+            params={"timeout": timeout},
             timeout=httpx.Timeout(10.0, read=timeout + 10.0),
         )
         if response.status_code == 204:
@@ -207,7 +211,11 @@ class BridgeClient:
     ) -> Subscription:
         """A `Subscription` to one session's events; iterate it (see its docstring)."""
         return Subscription(
-            ws_base(self.base_url), session_id, after=after, token=token, reconnect=reconnect,
+            ws_base(self.base_url),
+            session_id,
+            after=after,
+            token=token,
+            reconnect=reconnect,
         )
 
     # -- plumbing -------------------------------------------------------------------------

@@ -84,15 +84,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Answer chat messages, streamed word by word.")
     parser.add_argument("--bridge", default=os.environ.get("BRIDGE_URL", DEFAULT_BRIDGE_URL))
     parser.add_argument("--api-key", default=os.environ.get("BRIDGE_API_KEY"))
-    parser.add_argument("--word-delay", type=float, default=0.08,
-                        help="seconds between the words of a reply")
-    parser.add_argument("--listen-timeout", type=float, default=30.0,
-                        help="seconds one Listen long-poll waits")
+    parser.add_argument(
+        "--word-delay", type=float, default=0.08, help="seconds between the words of a reply"
+    )
+    parser.add_argument(
+        "--listen-timeout", type=float, default=30.0, help="seconds one Listen long-poll waits"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s demo-bot %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        run(args.bridge, api_key=args.api_key, word_delay=args.word_delay,
-            listen_timeout=args.listen_timeout)
+        run(
+            args.bridge,
+            api_key=args.api_key,
+            word_delay=args.word_delay,
+            listen_timeout=args.listen_timeout,
+        )
     return 0
 
 

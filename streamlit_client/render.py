@@ -1,15 +1,33 @@
-"""Drawing messages with Streamlit: chat bubbles, collapsed history, the typing effect."""
+"""Drawing messages with Streamlit: chat bubbles, collapsed history, the typing effect.
+
+Image messages: `st.image` opens local files when given a string that names one (an SVG
+path comes back as its text in a data URI, `/dev/zero` is read until memory runs out).
+The bridge refuses such content for new messages, but history may come from an older
+bridge or a store written by something else, so the page checks again, with the
+bridge's own rule (`bridge.models.check_image_content`), and shows anything else as text.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 
 import streamlit as st
 
+from bridge.models import check_image_content
 from streamlit_client.models import Message, Template
 
-__all__ = ["draw_history", "draw_message", "shown_content"]
+__all__ = [
+    "IMAGE_REFUSED_NOTE",
+    "displayable_image",
+    "draw_history",
+    "draw_message",
+    "shown_content",
+]
+
+IMAGE_REFUSED_NOTE = "image not shown: only http(s) and data:image URLs are displayed"
+_REFUSED_SHOWN_MAX = 500  # characters of refused image content shown as text
 
 
 def shown_content(message: Message, template: Template, welcome_seq: int | None) -> str:
@@ -17,6 +35,25 @@ def shown_content(message: Message, template: Template, welcome_seq: int | None)
     if message.seq == welcome_seq and template.welcome_msg:
         return template.welcome_msg
     return message.content
+
+
+def displayable_image(content: object) -> str | None:
+    """`content` if the page may hand it to `st.image`, else None.
+
+    Only a `str` that `check_image_content` accepts (an http(s) URL or a base64
+    `data:image/...` URI), and that does not also name an existing path: Streamlit tries
+    `os.path.isfile` before it looks at the scheme, so `https:/x/y.png` relative to the
+    page's working directory would still be opened.
+    """
+    if not isinstance(content, str):  # bytes, paths, arrays: Streamlit would read them
+        return None
+    try:
+        check_image_content(content)
+    except ValueError:
+        return None
+    if os.path.lexists(content):
+        return None
+    return content
 
 
 def draw_message(
@@ -30,11 +67,22 @@ def draw_message(
     content = shown_content(message, template, welcome_seq)
     with st.chat_message(message.role, avatar=template.avatar(message.role)):
         if message.type == "image":
-            st.image(content)
+            _draw_image(content)
         elif typed and template.write_speed > 0:
             st.write_stream(_words(content, template.write_speed))
         else:
             st.markdown(content)
+
+
+def _draw_image(content: str) -> None:
+    url = displayable_image(content)
+    if url is not None:
+        st.image(url)
+        return
+    # Plain text, never markdown: the content is not opened, fetched or interpreted.
+    shown = content if len(content) <= _REFUSED_SHOWN_MAX else content[:_REFUSED_SHOWN_MAX] + "…"
+    st.text(shown)
+    st.caption(IMAGE_REFUSED_NOTE)
 
 
 def draw_history(

@@ -81,8 +81,9 @@ class Subscription:
         """Publish over the open socket (stored like a POST, pushed to every tab)."""
         if self._socket is None:
             raise RuntimeError("not connected")
-        self._socket.send(json.dumps({"event": "message", "role": role, "content": content,
-                                      **fields}))
+        self._socket.send(
+            json.dumps({"event": "message", "role": role, "content": content, **fields})
+        )
 
     def close(self) -> None:
         """End the iteration and close the socket."""

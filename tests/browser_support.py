@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from playwright.sync_api import Browser, Playwright
 
 from streamlit_client.launcher import PAGE, chat_command, chat_env
 from tests.support import ROOT, stop_process, wait_until
@@ -33,7 +34,7 @@ BROWSER_ARGS = [
 ]
 
 
-def launch_chromium(playwright):  # type: ignore[no-untyped-def]
+def launch_chromium(playwright: Playwright) -> Browser:
     """Debian's Chromium, headless, with the flags CI needs."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
 
@@ -67,8 +68,11 @@ class RunningPage:
         env.update(self.extra_env)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                chat_command(self.port, page=self.script), cwd=ROOT, env=env,
-                stdout=log, stderr=log,
+                chat_command(self.port, page=self.script),
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
             )
         wait_until(self._healthy, timeout, f"streamlit on port {self.port} ({self.log_path})")
         return self
