@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bridge.settings import Settings
 from bridge.storage import Storage, open_storage
+from tests.redis_support import wipe
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 BACKENDS = ["memory", "sqlite", "redis"]
@@ -26,14 +27,14 @@ async def opened(
         url = f"sqlite:///{tmp_path / 'contract.db'}"
     else:
         # A key prefix of its own keeps tests apart from each other in the shared Redis.
-        prefix = hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]
-        url = f"{REDIS_URL}?prefix=test-{prefix}"
+        prefix = "test-" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]
+        url = f"{REDIS_URL}?prefix={prefix}"
     settings = Settings(store=url, **limits)  # type: ignore[arg-type]
     store = open_storage(url, settings)
     await store.open()
     try:
         yield store
     finally:
-        if kind == "redis" and not keep:
-            await store.reset()
         await store.close()
+        if kind == "redis" and not keep:
+            await wipe(prefix)  # every key, the epoch and token secret too

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.errors import InvalidInput, QuotaExceeded
 from bridge.models import Draft, Template
 from tests.storage_backends import BACKENDS, opened
 
@@ -205,3 +206,128 @@ async def test_concurrent_appends_trim_to_the_limit(kind: str, tmp_path: Path) -
             history = await store.history(session)
             assert 5 <= len(history) <= 6  # trimmed in steps, never below the limit
             assert [m.seq for m in history] == list(range(history[0].seq, 32))
+
+
+async def test_token_secret_is_random_kept_and_survives_reset_and_reopen(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, keep=True) as store:
+        secret = await store.token_secret()
+        assert isinstance(secret, bytes) and len(secret) == 32
+        assert len(set(secret)) > 8  # random bytes, not a constant or a padded string
+        assert await asyncio.gather(*(store.token_secret() for _ in range(5))) == [secret] * 5
+        await store.reset()  # deleting every session does not change who signed tokens
+        assert await store.token_secret() == secret
+    async with opened(kind, tmp_path) as again:
+        if kind == "memory":  # this process only: a new store is a new secret
+            assert await again.token_secret() != secret
+        else:
+            assert await again.token_secret() == secret
+
+
+async def test_a_listen_flood_evicts_only_its_own_sessions_oldest(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_backlog_per_session=5) as store:
+        await store.append("quiet", _draft("keep me"), WELCOME)
+        for i in range(12):
+            await store.append("flood", _draft(f"f{i}"), WELCOME)
+        # A flood of concurrent appends (one group in SQLite) is bounded the same way.
+        await asyncio.gather(*(store.append("flood", _draft(f"g{i}"), WELCOME) for i in range(9)))
+        quiet = await store.claim_listen("quiet")
+        assert quiet is not None and quiet.content == "keep me"
+        kept = []
+        while (m := await store.claim_listen(None)) is not None:
+            kept.append(m)
+        assert [m.session_id for m in kept] == ["flood"] * 5
+        assert [m.seq for m in kept] == list(range(18, 23))  # the newest 5, oldest first
+
+
+async def test_a_released_message_is_claimed_next_and_only_once(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_backlog_per_session=2) as store:
+        await store.append("s", _draft("u1"), WELCOME)
+        await store.append("s", _draft("u2"), WELCOME)
+        await store.append("t", _draft("t1"), WELCOME)
+        first = await store.claim_listen(None)
+        assert first is not None and first.content == "u1"
+        await store.release_listen(first)
+        await store.release_listen(first)  # a second release does not make a second copy
+        assert await store.claim_listen("s") == first  # front of its session's queue
+        await store.append("s", _draft("u3"), WELCOME)  # s is at its bound (u2, u3)
+        await store.release_listen(first)
+        assert await store.claim_listen(None) == first  # front of every session's queue too
+        rest = []
+        while (m := await store.claim_listen(None)) is not None:
+            rest.append(m.content)
+        assert rest == ["u2", "t1", "u3"]  # a release evicted nothing
+
+
+async def test_a_release_of_a_message_no_longer_held_does_nothing(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path) as store:
+        await store.append("gone", _draft("old"), WELCOME)
+        claimed = await store.claim_listen("gone")
+        assert claimed is not None
+        await store.delete_session("gone")
+        await store.release_listen(claimed)  # deleted: not brought back
+        assert await store.claim_listen(None) is None
+        again = await store.append("gone", _draft("new", role="ai"), WELCOME)
+        assert again.message.seq == claimed.seq  # a new session, another message there
+        await store.release_listen(claimed)
+        assert await store.claim_listen(None) is None
+
+
+async def test_sessions_beyond_the_quota_are_refused_and_nothing_is_stored(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, sessions_max=3) as store:
+        for name in ("a", "b"):
+            await store.create_session(name, WELCOME)
+        results = await asyncio.gather(
+            *(store.create_session(f"new{i}", WELCOME) for i in range(3)),
+            *(store.append(f"post{i}", _draft("hi"), WELCOME) for i in range(3)),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, QuotaExceeded)]
+        assert len(refused) == 5  # exactly one of the six took the last place
+        assert "holds 3 sessions" in refused[0].detail
+        assert "BRIDGE_SESSIONS_MAX" in refused[0].detail
+        held = await store.sessions()
+        assert len(held) == 3 and held[:2] == ["a", "b"]
+        for i in range(3):
+            for name in (f"new{i}", f"post{i}"):
+                if name not in held:
+                    assert await store.session_info(name) is None
+                    assert await store.history(name) == []
+        winner_posted = held[2].startswith("post")
+        assert (await store.claim_listen(None) is not None) == winner_posted
+        assert await store.claim_listen(None) is None  # no refused message reached Listen
+        # Existing sessions go on; a known session is no new session.
+        assert not (await store.append("a", _draft("more"), WELCOME)).duplicate
+        assert await store.create_session("b", WELCOME) is None
+        with pytest.raises(QuotaExceeded):
+            await store.append("late", _draft("x"), WELCOME)
+        assert await store.delete_session("a")
+        assert await store.create_session("late", WELCOME) is not None
+        await store.reset()
+        for name in ("x", "y", "z"):
+            assert await store.create_session(name, WELCOME) is not None
+
+
+async def test_sessions_are_listed_in_pages(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path) as store:
+        names = [f"p{i}" for i in range(5)]
+        for name in names:
+            await store.create_session(name, WELCOME)
+        assert await store.sessions() == names
+        assert await store.sessions(limit=2) == names[:2]
+        assert await store.sessions(offset=1, limit=2) == names[1:3]
+        assert await store.sessions(offset=3) == names[3:]
+        assert await store.sessions(offset=4, limit=10) == names[4:]
+        assert await store.sessions(offset=9) == [] and await store.sessions(limit=0) == []
+        for bad in ({"offset": -1}, {"limit": -1}):
+            with pytest.raises(InvalidInput):
+                await store.sessions(**bad)

@@ -118,19 +118,22 @@ async def test_idempotency_keys_are_forgotten_with_trimmed_messages(prefix: str)
         await store.close()
 
 
-async def test_listen_backlog_is_bounded_and_keeps_the_newest(prefix: str) -> None:
-    url = store_url(prefix)
-    store = RedisStorage(url, Settings(store=url), listen_backlog=5)
-    await store.open()
+async def test_listen_backlog_is_bounded_per_session_and_keeps_the_newest(prefix: str) -> None:
+    store = await _open(prefix, listen_backlog_per_session=3)
+    admin = aioredis.Redis.from_url(REDIS)
     try:
         for i in range(8):
             await store.append(f"b{i % 2}", Draft.build("user", str(i)), ())
+        # Both the global order and each session's list hold 3 per session, no strays.
+        assert await admin.zcard(f"{prefix}:listen") == 6
+        assert await admin.lrange(f"{prefix}:s:b0:listen", 0, -1) == [b"2", b"3", b"4"]
         claimed = []
         while (m := await store.claim_listen(None)) is not None:
             claimed.append(m.content)
-        assert claimed == ["3", "4", "5", "6", "7"]
+        assert claimed == ["2", "3", "4", "5", "6", "7"]
         assert await store.claim_listen("b0") is None and await store.claim_listen("b1") is None
     finally:
+        await admin.aclose()
         await store.close()
 
 
@@ -179,3 +182,24 @@ async def test_an_epoch_lost_with_redis_data_is_renewed_on_ping(prefix: str) -> 
     finally:
         await admin.aclose()
         await store.close()
+
+
+async def test_instances_on_one_prefix_share_the_token_secret_and_restore_it(
+    prefix: str,
+) -> None:
+    a, b = await _open(prefix), await _open(prefix)
+    admin = aioredis.Redis.from_url(REDIS)
+    try:
+        first, second = await asyncio.gather(a.token_secret(), b.token_secret())
+        assert first == second and len(first) == 32
+        await admin.delete(f"{prefix}:token_secret")  # Redis lost its data
+        await a.ping()  # the instance that notices puts back the secret it signs with
+        c = await _open(prefix)
+        try:
+            assert await c.token_secret() == first
+        finally:
+            await c.close()
+    finally:
+        await admin.aclose()
+        await a.close()
+        await b.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import StorageUnavailable
+from bridge.errors import QuotaExceeded, StorageUnavailable
 from bridge.models import Draft
 from bridge.storage.sqlite import SqliteStorage
 from bridge.storage.sqlite_txn import SeqCache
@@ -208,3 +208,51 @@ async def test_a_row_written_by_another_program_does_not_wedge_the_session(
         ]
     finally:
         await store.close()
+
+
+async def test_a_session_refused_by_the_quota_fails_alone_in_its_group(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "q.db", sessions_max=2)
+    try:
+        await store.append("a", _draft("a1"), WELCOME)
+        results = await asyncio.gather(
+            store.append("a", _draft("a2"), WELCOME),
+            store.append("b", _draft("b1"), WELCOME),  # the last place
+            store.append("c", _draft("c1"), WELCOME),  # refused
+            store.create_session("d", WELCOME),  # refused
+            store.append("b", _draft("b2"), WELCOME),
+            return_exceptions=True,
+        )
+        a2, b1, c1, d, b2 = results
+        assert isinstance(c1, QuotaExceeded) and isinstance(d, QuotaExceeded)
+        assert [r.message.seq for r in (a2, b1, b2)] == [3, 2, 3]  # type: ignore[union-attr]
+        assert await store.sessions() == ["a", "b"]
+    finally:
+        await store.close()
+    reopened = await _open(tmp_path / "q.db", sessions_max=2)  # counted again from the file
+    try:
+        with pytest.raises(QuotaExceeded, match="holds 2 sessions"):
+            await reopened.create_session("e", WELCOME)
+    finally:
+        await reopened.close()
+
+
+async def test_the_listen_bound_holds_across_reopen_and_cache_eviction(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "l.db", listen_backlog_per_session=3, seq_cache=1)
+    try:
+        for i in range(4):
+            await store.append("s", _draft(f"s{i}"), WELCOME)
+            await store.append("t", _draft(f"t{i}"), WELCOME)  # pushes "s" out of the cache
+        claimed = await store.claim_listen("s")
+        assert claimed is not None and claimed.content == "s1"
+    finally:
+        await store.close()
+    reopened = await _open(tmp_path / "l.db", listen_backlog_per_session=3)
+    try:
+        await reopened.append("s", _draft("s4"), WELCOME)  # 2 left + 1: no eviction
+        await reopened.append("t", _draft("t4"), WELCOME)  # 3 + 1: t1 goes
+        contents = []
+        while (m := await reopened.claim_listen(None)) is not None:
+            contents.append(m.content)
+        assert contents == ["s2", "t2", "s3", "t3", "s4", "t4"]
+    finally:
+        await reopened.close()

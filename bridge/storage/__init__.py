@@ -24,7 +24,11 @@ def open_storage(url: str, settings: Settings) -> Storage:
     if scheme == "memory":
         from bridge.storage.memory import MemoryStorage
 
-        return MemoryStorage(history_limit=settings.history_limit)
+        return MemoryStorage(
+            history_limit=settings.history_limit,
+            listen_backlog_per_session=settings.listen_backlog_per_session,
+            sessions_max=settings.sessions_max,
+        )
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
             raise InvalidInput(
@@ -35,6 +39,8 @@ def open_storage(url: str, settings: Settings) -> Storage:
         return SqliteStorage(
             Path(url[len("sqlite:///") :]),
             history_limit=settings.history_limit,
+            listen_backlog_per_session=settings.listen_backlog_per_session,
+            sessions_max=settings.sessions_max,
             synchronous=settings.sqlite_synchronous,
             batch_max=settings.commit_batch_max,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,

@@ -1,7 +1,10 @@
 """The typed interface every store implements, and what an append returns.
 
 A store owns everything that must outlive a process: sessions, their messages and
-`seq` counters, idempotency keys, the Listen backlog, the template and the epoch.
+`seq` counters, idempotency keys, the Listen backlog, the template, the epoch and the
+secret that signs session tokens. It enforces two bounds itself, atomically with the
+writes they limit: `sessions_max` sessions, and `listen_backlog_per_session` unclaimed
+Listen messages per session (so at most `sessions_max` x that in all).
 Each backend passes the one contract suite in `tests/test_storage_contract.py`.
 """
 
@@ -10,10 +13,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from bridge.errors import InvalidInput, QuotaExceeded
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
 from bridge.values import value
 
-__all__ = ["Appended", "Storage"]
+__all__ = ["Appended", "Storage", "check_page", "sessions_quota"]
+
+
+def check_page(offset: int, limit: int | None) -> None:
+    """Refuse a negative `offset` or `limit` of `Storage.sessions`."""
+    if offset < 0 or (limit is not None and limit < 0):
+        raise InvalidInput(f"offset and limit must be 0 or more (got {offset}, {limit})")
+
+
+def sessions_quota(held: int) -> QuotaExceeded:
+    """The error of a session refused because the store already holds `held` sessions."""
+    return QuotaExceeded(
+        f"the bridge holds {held} sessions, its limit (BRIDGE_SESSIONS_MAX): delete "
+        "sessions that are no longer needed, or raise the limit"
+    )
 
 
 @value
@@ -58,14 +76,19 @@ class Storage(Protocol):
     async def create_session(
         self, session_id: str, seed: Sequence[Draft]
     ) -> tuple[StoredMessage, ...] | None:
-        """Create the session with `seed` as its first messages; None if it existed."""
+        """Create the session with `seed` as its first messages; None if it existed.
+        Raise `QuotaExceeded` (storing nothing) if the store already holds `sessions_max`
+        sessions: checked and created in one atomic step, whatever the backend."""
         ...
 
     async def append(self, session_id: str, draft: Draft, seed: Sequence[Draft]) -> Appended:
         """Store `draft` as the session's next message, creating the session with `seed`
-        first if it is new. A draft whose `key` was already stored for this session is a
-        duplicate: nothing is stored and the first message is returned. When this returns,
-        the write is durable as far as the backend promises."""
+        first if it is new (and refusing like `create_session` when that would exceed
+        `sessions_max`). A draft whose `key` was already stored for this session is a
+        duplicate: nothing is stored and the first message is returned. A `user` message
+        joins its session's Listen backlog, which keeps the newest
+        `listen_backlog_per_session` unclaimed ones: a flood evicts only its own session's
+        oldest. When this returns, the write is durable as far as the backend promises."""
         ...
 
     async def history(
@@ -88,8 +111,9 @@ class Storage(Protocol):
         """Counters of one session, None if unknown."""
         ...
 
-    async def sessions(self) -> list[str]:
-        """Every session id, in creation order."""
+    async def sessions(self, *, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Session ids in creation order: `limit` of them (all if None) after skipping
+        the first `offset`. Raise `InvalidInput` if either is negative."""
         ...
 
     async def last_session(self) -> str | None:
@@ -116,4 +140,18 @@ class Storage(Protocol):
     async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
         """Take the oldest `user` message no Listen call has taken yet (of one session,
         or of any), so that each is handed out exactly once. None if there is none."""
+        ...
+
+    async def release_listen(self, message: StoredMessage) -> None:
+        """Give back a message `claim_listen` returned but nobody received (its Listen
+        call was cancelled, or its run failed): it goes to the front of the backlog, so
+        that it is the next claimed, for its session and for any session. Nothing happens
+        if the message is no longer in the session's history (trimmed, deleted, reset) or
+        is already back in the backlog. A release never evicts another message."""
+        ...
+
+    async def token_secret(self) -> bytes:
+        """A random 32-byte secret for signing session tokens, made on the first call and
+        kept by the store: the same on every call, after a reopen (durable backends) and
+        on every instance sharing the store. `reset` keeps it."""
         ...

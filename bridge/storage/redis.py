@@ -5,19 +5,23 @@ and its keys end with a fixed suffix, so no two sessions' keys can collide):
 
     P:epoch                 string   the history's lifetime (named anew only if lost)
     P:template              string   the chat template as JSON
+    P:token_secret          string   hex of the random secret that signs session tokens
     P:sessions              zset     session id -> creation ordinal (from P:ord)
     P:ord                   string   counter of created sessions
     P:listen                zset     "sid seq" -> ordinal (from P:listen:n): the Listen
-                                     backlog of every session, oldest first
+                                     backlog of every session, oldest first (a released
+                                     message gets an ordinal below every other)
     P:listen:n              string   counter of backlog entries
     P:s:{sid}:meta          hash     created_at, last_seq, last:ai, last:user
     P:s:{sid}:msgs          zset     "seq|{json}" scored by seq (the message without seq)
     P:s:{sid}:keys          zset     idempotency key -> seq of the message it stored
-    P:s:{sid}:listen        list     seqs of this session's backlog entries, oldest first
+    P:s:{sid}:listen        list     seqs of this session's backlog entries, oldest first:
+                                     at most `listen_backlog_per_session` of them
 
 Every write that must be atomic is one Lua script (sent with EVALSHA): an append assigns
-the seq, seeds a new session, checks the idempotency key, pushes Listen backlog entries
-and trims history in one step, so concurrent appends from any number of instances get
+the seq, checks the sessions quota and seeds a new session, checks the idempotency key,
+pushes Listen backlog entries (evicting that session's oldest beyond its bound) and trims
+history in one step, so concurrent appends from any number of instances get
 contiguous seqs. The client never retries a command by itself: a retried append whose
 first attempt did run would store the message twice, so a failure is reported as
 `StorageUnavailable` and the caller retries with its idempotency key.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -50,7 +55,7 @@ from redis.commands.core import AsyncScript
 from bridge.errors import InvalidInput, StorageUnavailable
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
 from bridge.settings import Settings
-from bridge.storage.base import Appended
+from bridge.storage.base import Appended, check_page, sessions_quota
 
 __all__ = [
     "Keys",
@@ -78,7 +83,6 @@ _URL_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {
 }
 _POOL_SIZE = 64
 _POOL_WAIT_S = 5.0
-_LISTEN_BACKLOG = 10_000
 _RESET_BATCH = 200
 
 
@@ -198,6 +202,10 @@ class Keys:
         return f"{self.prefix}:template"
 
     @property
+    def token_secret(self) -> str:
+        return f"{self.prefix}:token_secret"
+
+    @property
     def sessions(self) -> str:
         return f"{self.prefix}:sessions"
 
@@ -267,14 +275,14 @@ def decode_message(session_id: str, member: object) -> StoredMessage:
 
 
 # KEYS: meta msgs keys slisten glisten sessions ord listen_n
-# ARGV: sid now history_limit backlog_limit mode key n prefix, then (json role key) per
-#       message: the seed first, then (mode "append") the draft.
-# Returns {0} (create: the session existed), {2, member} (duplicate key), or
+# ARGV: sid now history_limit backlog_per_session mode key n sessions_max, then
+#       (json role key) per message: the seed first, then (mode "append") the draft.
+# Returns {0} (create: the session existed), {2, member} (duplicate key), {3, held}
+# (a new session refused: the store holds `held`, sessions_max or more), or
 # {1, last_seq, created}.
 _APPEND = """
 local sid, now, mode, key = ARGV[1], ARGV[2], ARGV[5], ARGV[6]
 local limit, backlog, total = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[7])
-local prefix = ARGV[8]
 local nseed = total
 if mode == 'append' then nseed = total - 1 end
 local last = redis.call('HGET', KEYS[1], 'last_seq')
@@ -291,6 +299,9 @@ if last then
   first = nseed + 1
   last = tonumber(last)
 else
+  -- Checked and created in this one script: no two instances can both take the last place.
+  local held = redis.call('ZCARD', KEYS[6])
+  if held >= tonumber(ARGV[8]) then return {3, held} end
   last, created = 0, 1
   redis.call('HSET', KEYS[1], 'created_at', now)
   redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[7]), sid)
@@ -302,8 +313,11 @@ for i = first, total do
   if ARGV[o + 2] ~= '' then redis.call('ZADD', KEYS[3], last, ARGV[o + 2]) end
   redis.call('HSET', KEYS[1], 'last:' .. ARGV[o + 1], last)
   if ARGV[o + 1] == 'user' then
-    redis.call('RPUSH', KEYS[4], last)
     redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[8]), sid .. ' ' .. last)
+    -- A flood evicts its own session's oldest entries, never another session's.
+    if redis.call('RPUSH', KEYS[4], last) > backlog then
+      redis.call('ZREM', KEYS[5], sid .. ' ' .. redis.call('LPOP', KEYS[4]))
+    end
   end
 end
 redis.call('HSET', KEYS[1], 'last_seq', last)
@@ -311,16 +325,6 @@ redis.call('HSET', KEYS[1], 'last_seq', last)
 if redis.call('ZCARD', KEYS[2]) > limit + math.max(1, math.floor(limit / 10)) then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', last - limit)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', last - limit)
-end
--- The backlog is bounded like the other backends': the oldest entries go first.
-local over = redis.call('ZCARD', KEYS[5]) - backlog
-if over > 0 then
-  local popped = redis.call('ZPOPMIN', KEYS[5], over)
-  for i = 1, #popped, 2 do
-    local cut = string.find(popped[i], ' ', 1, true)
-    local other = string.sub(popped[i], 1, cut - 1)
-    redis.call('LREM', prefix .. ':s:' .. other .. ':listen', 1, string.sub(popped[i], cut + 1))
-  end
 end
 return {1, last, created}
 """
@@ -371,6 +375,24 @@ while true do
 end
 """
 
+# KEYS: slisten glisten msgs listen_n ; ARGV: sid seq id. Put a claimed message back at
+# the front of both queues, if history still holds it (same id: not a later session's
+# message under the same seq) and it is not there already. Returns 1 if put back.
+_RELEASE = """
+local found = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], ARGV[2])
+if not found[1] then return 0 end
+local body = string.sub(found[1], string.find(found[1], '|', 1, true) + 1)
+if cjson.decode(body)['id'] ~= ARGV[3] then return 0 end
+local member = ARGV[1] .. ' ' .. ARGV[2]
+if redis.call('ZSCORE', KEYS[2], member) then return 0 end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local score = tonumber(redis.call('GET', KEYS[4]) or '0')
+if head[2] then score = math.min(score, tonumber(head[2])) end
+redis.call('ZADD', KEYS[2], score - 1, member)
+redis.call('LPUSH', KEYS[1], ARGV[2])
+return 1
+"""
+
 # KEYS: glisten ; ARGV: prefix. Claim the oldest backlog entry of any session.
 _CLAIM_ANY = """
 while true do
@@ -389,15 +411,15 @@ end
 class RedisStorage:
     """A `Storage` in Redis, shared by every bridge instance that uses the same URL."""
 
-    def __init__(
-        self, url: str, settings: Settings, *, listen_backlog: int = _LISTEN_BACKLOG
-    ) -> None:
+    def __init__(self, url: str, settings: Settings) -> None:
         self._target = RedisTarget.parse(url)
         self._keys = Keys(self._target.prefix)
         self._history_limit = settings.history_limit
-        self._listen_backlog = listen_backlog
+        self._backlog_limit = settings.listen_backlog_per_session
+        self._sessions_max = settings.sessions_max
         self._client: aioredis.Redis | None = None
         self._epoch = ""
+        self._token_secret: bytes | None = None
         # Bound to the client in `open`.
         self._append: AsyncScript
         self._last_of_role: AsyncScript
@@ -405,6 +427,7 @@ class RedisStorage:
         self._reset: AsyncScript
         self._claim_one: AsyncScript
         self._claim_any: AsyncScript
+        self._release: AsyncScript
 
     @property
     def epoch(self) -> str:
@@ -429,6 +452,7 @@ class RedisStorage:
         self._reset = client.register_script(_RESET)
         self._claim_one = client.register_script(_CLAIM_ONE)
         self._claim_any = client.register_script(_CLAIM_ANY)
+        self._release = client.register_script(_RELEASE)
         try:
             await self._adopt_epoch(client)
         except StorageUnavailable:
@@ -455,6 +479,10 @@ class RedisStorage:
         # Also re-reads the epoch: if Redis lost everything (restarted without
         # persistence) the first instance to notice names a new one, the others adopt it.
         await self._adopt_epoch(self._redis())
+        if self._token_secret is not None:
+            # Likewise the token secret: put back the one this instance signs with, or
+            # adopt the one another instance put back first, so that all agree again.
+            self._token_secret = await self._adopt_token_secret(self._token_secret.hex())
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
@@ -490,11 +518,11 @@ class RedisStorage:
             session_id,
             repr(now),
             self._history_limit,
-            self._listen_backlog,
+            self._backlog_limit,
             mode,
             key or "",
             len(drafts),
-            self._keys.prefix,
+            self._sessions_max,
         ]
         for d, m in zip(drafts, messages, strict=True):
             args += [_encode(m), d.role, d.key or ""]
@@ -503,6 +531,8 @@ class RedisStorage:
             reply = await self._append(
                 keys=self._session_keys(session_id), args=args, client=client
             )
+        if reply[0] == 3:
+            raise sessions_quota(int(reply[1]))
         return reply, messages
 
     @staticmethod
@@ -565,6 +595,29 @@ class RedisStorage:
             return None
         return decode_message(as_text(found[0]), found[1])
 
+    async def token_secret(self) -> bytes:
+        if self._token_secret is None:
+            self._token_secret = await self._adopt_token_secret(secrets.token_hex(32))
+        return self._token_secret
+
+    async def _adopt_token_secret(self, candidate: str) -> bytes:
+        # SET NX: the first instance's secret wins and every other instance adopts it.
+        client = self._redis()
+        with self._errors("read the token secret"):
+            await client.set(self._keys.token_secret, candidate, nx=True)
+            stored = await client.get(self._keys.token_secret)
+        return bytes.fromhex(as_text(stored) if stored is not None else candidate)
+
+    async def release_listen(self, message: StoredMessage) -> None:
+        k = self._keys
+        sid = message.session_id
+        with self._errors("give back a Listen message"):
+            await self._release(
+                keys=[k.session(sid, "listen"), k.listen, k.session(sid, "msgs"), k.listen_counter],
+                args=[sid, message.seq, message.id],
+                client=self._redis(),
+            )
+
     # -- reads -----------------------------------------------------------------------
 
     async def history(
@@ -617,9 +670,13 @@ class RedisStorage:
             return None
         return SessionInfo(session_id, float(created_at), int(last_seq or 0), int(count))
 
-    async def sessions(self) -> list[str]:
+    async def sessions(self, *, offset: int = 0, limit: int | None = None) -> list[str]:
+        check_page(offset, limit)
+        if limit == 0:
+            return []  # ZRANGE's stop is inclusive: offset - 1 would mean "to the end"
+        stop = -1 if limit is None else offset + limit - 1
         with self._errors("list sessions"):
-            members = await self._redis().zrange(self._keys.sessions, 0, -1)
+            members = await self._redis().zrange(self._keys.sessions, offset, stop)
         return [as_text(m) for m in members]
 
     async def last_session(self) -> str | None:

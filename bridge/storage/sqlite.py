@@ -4,14 +4,16 @@ Writes are queued and a single writer task commits everything queued so far in o
 transaction, then resolves the callers: many concurrent POSTs share one fsync, and their
 rows go in with a few multi-row INSERTs (`sqlite_txn` says why). If that transaction
 fails, each of its writes is retried in a transaction of its own, so that one bad write
-fails alone. Reads use a second connection; WAL mode lets them run beside the writer.
-Both connections live in their own one-thread executors because sqlite3 connections must
-stay on one thread.
+fails alone. A write refused by a bound (`sessions_max`) stores nothing and is answered
+with its `QuotaExceeded`; the rest of its group commits. Reads use a second connection;
+WAL mode lets them run beside the writer. Both connections live in their own one-thread
+executors because sqlite3 connections must stay on one thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,18 +21,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.errors import StorageUnavailable
+from bridge.errors import BridgeError, StorageUnavailable
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
-from bridge.storage.base import Appended
+from bridge.storage.base import Appended, check_page
 from bridge.storage.sqlite_txn import (
     COLUMNS,
     Append,
+    Claim,
     Create,
     Delete,
+    Limits,
+    Release,
     Reset,
-    SeqCache,
     Transaction,
     Write,
+    WriterState,
 )
 
 __all__ = ["SqliteStorage"]
@@ -85,7 +90,8 @@ class SqliteStorage:
         path: Path,
         *,
         history_limit: int = 10_000,
-        listen_backlog: int = 10_000,
+        listen_backlog_per_session: int = 1_000,
+        sessions_max: int = 100_000,
         synchronous: str = "FULL",
         batch_max: int = 512,
         pending_max: int = 50_000,
@@ -93,14 +99,14 @@ class SqliteStorage:
         seq_cache: int = 100_000,
     ) -> None:
         self._path = path
-        self._history_limit = history_limit
-        self._listen_backlog = listen_backlog
+        self._limits = Limits(history_limit, listen_backlog_per_session, sessions_max)
         self._synchronous = synchronous.upper()
         self._batch_max = batch_max
         self._pending_max = pending_max
         self._busy_timeout_ms = busy_timeout_ms
         self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
-        self._seqs = SeqCache(seq_cache)  # the writer thread's alone
+        self._state = WriterState(seq_cache)  # the writer thread's alone
+        self._seqs = self._state.seqs
         self._wakeup = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._wexec = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -108,6 +114,7 @@ class SqliteStorage:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._epoch = ""
+        self._token_secret: bytes | None = None
 
     @property
     def epoch(self) -> str:
@@ -208,7 +215,7 @@ class SqliteStorage:
         for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
-            if ok:
+            if ok and not isinstance(value, BridgeError):
                 future.set_result(value)
             else:
                 future.set_exception(value)
@@ -221,9 +228,9 @@ class SqliteStorage:
         try:
             values = self._apply(conn, writes)
         except Exception:
-            # The cached seqs may be what was wrong (another program wrote to the file):
+            # The cached numbers may be what was wrong (another program wrote to the file):
             # read them again, and commit each write alone so that a bad one fails alone.
-            self._seqs.clear()
+            self._state.clear()
             return [self._commit_alone(conn, write) for write in writes]
         return [(True, value) for value in values]
 
@@ -236,7 +243,7 @@ class SqliteStorage:
 
     def _apply(self, conn: sqlite3.Connection, writes: list[Write]) -> list[Any]:
         """Apply `writes` in the open transaction and commit it; roll back on any error."""
-        txn = Transaction(conn, self._seqs, self._history_limit, self._listen_backlog)
+        txn = Transaction(conn, self._state, self._limits)
         try:
             values = [txn.apply(write) for write in writes]
             txn.finish()
@@ -245,7 +252,7 @@ class SqliteStorage:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._seqs.update(txn.seqs)
+        self._state.commit(txn)
         return values
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -286,23 +293,28 @@ class SqliteStorage:
         )
 
     async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
-        def op(conn: sqlite3.Connection) -> StoredMessage | None:
-            where, args = ("WHERE session_id = ?", (session_id,)) if session_id else ("", ())
-            row = conn.execute(
-                f"SELECT n, session_id, seq FROM listen_backlog {where} ORDER BY n LIMIT 1", args
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute("DELETE FROM listen_backlog WHERE n = ?", (row[0],))
-            found = conn.execute(
-                f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq = ?",
-                (row[1], row[2]),
-            ).fetchone()
-            # A message trimmed from history since is gone for Listen too.
-            return _row(found) if found else op(conn)
-
-        claimed: StoredMessage | None = await self._write(op)
+        claimed: StoredMessage | None = await self._write(Claim(session_id))
         return claimed
+
+    async def release_listen(self, message: StoredMessage) -> None:
+        await self._write(Release(message))
+
+    async def token_secret(self) -> bytes:
+        if self._token_secret is not None:
+            return self._token_secret
+        fresh = secrets.token_hex(32)
+
+        def op(conn: sqlite3.Connection) -> str:
+            # The first caller's value wins; later ones (and reopens) read it back.
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('token_secret', ?)", (fresh,)
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key = 'token_secret'").fetchone()
+            return str(row[0])
+
+        stored: str = await self._write(op)
+        self._token_secret = bytes.fromhex(stored)
+        return self._token_secret
 
     # -- reads ----------------------------------------------------------------------
 
@@ -366,10 +378,11 @@ class SqliteStorage:
 
         return await self._read(op)
 
-    async def sessions(self) -> list[str]:
-        return await self._read(
-            lambda c: [r[0] for r in c.execute("SELECT id FROM sessions ORDER BY ord")]
-        )
+    async def sessions(self, *, offset: int = 0, limit: int | None = None) -> list[str]:
+        check_page(offset, limit)
+        page = (-1 if limit is None else limit, offset)  # LIMIT -1: no limit
+        sql = "SELECT id FROM sessions ORDER BY ord LIMIT ? OFFSET ?"
+        return await self._read(lambda c: [r[0] for r in c.execute(sql, page)])
 
     async def last_session(self) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:

@@ -8,6 +8,11 @@ of its appends in memory and inserts up to `_ROWS_PER_INSERT` of them with one m
 INSERT, and the next `seq` of a session comes from `SeqCache` (committed values) instead
 of a SELECT. A session's last seq is the largest `seq` among its messages: trimming keeps
 the newest ones, so nothing else has to be stored or updated.
+
+The same goes for the two bounds checked on every write: how many unclaimed Listen
+entries a session has (its backlog keeps the newest `backlog_per_session`) and how many
+sessions the store holds (`sessions_max`) are kept in `WriterState` from committed
+transactions; the database is counted only when a number is not known yet.
 """
 
 from __future__ import annotations
@@ -17,20 +22,25 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bridge.errors import QuotaExceeded
 from bridge.models import Draft, StoredMessage
-from bridge.storage.base import Appended
+from bridge.storage.base import Appended, sessions_quota
 from bridge.values import value
 
 __all__ = [
     "COLUMNS",
     "Append",
+    "Claim",
     "Create",
     "Custom",
     "Delete",
+    "Limits",
+    "Release",
     "Reset",
     "SeqCache",
     "Transaction",
     "Write",
+    "WriterState",
 ]
 
 COLUMNS = "id, session_id, seq, role, content, type, created_at"
@@ -38,8 +48,6 @@ COLUMNS = "id, session_id, seq, role, content, type, created_at"
 # statement per row count (1..64) fits the connection's statement cache.
 _ROWS_PER_INSERT = 64
 _MESSAGE_VALUES = 8
-# The Listen backlog is trimmed when its counter passes a multiple of this.
-_BACKLOG_TRIM_EVERY = 100
 
 
 @value
@@ -71,10 +79,33 @@ class Reset:
     """Delete every session."""
 
 
+@value
+class Claim:
+    """Take the oldest Listen backlog entry (of one session, or of any if None)."""
+
+    session_id: str | None
+
+
+@value
+class Release:
+    """Put a claimed message back at the front of the Listen backlog."""
+
+    message: StoredMessage
+
+
 Custom = Callable[[sqlite3.Connection], Any]
 """Any other write: runs on the writer connection, inside the group's transaction."""
 
-Write = Append | Create | Delete | Reset | Custom
+Write = Append | Create | Delete | Reset | Claim | Release | Custom
+
+
+@value
+class Limits:
+    """The bounds a transaction enforces."""
+
+    history: int
+    backlog_per_session: int
+    sessions_max: int
 
 
 class SeqCache:
@@ -112,24 +143,55 @@ class SeqCache:
         return len(self._seqs)
 
 
+class WriterState:
+    """What the writer thread knows of committed rows, so that an append reads nothing.
+
+    Only committed values enter it (`commit`); after a failed group it is `clear`ed and
+    every number is read again when next needed.
+    """
+
+    def __init__(self, cache_limit: int) -> None:
+        self.seqs = SeqCache(cache_limit)
+        self.backlog = SeqCache(cache_limit)  # unclaimed Listen entries per session
+        self.sessions: int | None = None  # sessions in the store
+
+    def commit(self, txn: Transaction) -> None:
+        """Take the numbers of a transaction that has committed."""
+        self.seqs.update(txn.seqs)
+        self.backlog.update(txn.backlog)
+        self.sessions = txn.session_count
+
+    def clear(self) -> None:
+        """Forget everything (the file may hold what this process did not write)."""
+        self.seqs.clear()
+        self.backlog.clear()
+        self.sessions = None
+
+
 class Transaction:
     """Applies writes inside one open transaction; `finish` before COMMIT.
 
-    `seqs` holds the last seq of every session this transaction wrote or looked up, to be
-    merged into the cache once it has committed.
+    `seqs` holds the last seq of every session this transaction wrote or looked up,
+    `backlog` the unclaimed Listen entries of every session it counted, `session_count`
+    the sessions in the store if known: merged into `WriterState` once it has committed.
+    A write refused by a bound returns its error (`QuotaExceeded`) instead of raising, so
+    that the rest of the group commits; it has stored nothing.
     """
 
-    def __init__(
-        self, conn: sqlite3.Connection, cache: SeqCache, history_limit: int, listen_backlog: int
-    ) -> None:
+    def __init__(self, conn: sqlite3.Connection, state: WriterState, limits: Limits) -> None:
         self._conn = conn
-        self._cache = cache
-        self._history_limit = history_limit
-        self._trim_step = max(1, history_limit // 10)
-        self._listen_backlog = listen_backlog
+        self._state = state
+        self._cache = state.seqs
+        self._history_limit = limits.history
+        self._trim_step = max(1, limits.history // 10)
+        self._backlog_limit = limits.backlog_per_session
+        self._sessions_max = limits.sessions_max
         self.seqs: dict[str, int] = {}
+        self.backlog: dict[str, int] = {}
+        self.session_count = state.sessions
         self._rows: list[Any] = []  # flat values of buffered message rows
         self._backlog: list[Any] = []  # flat (session_id, seq) of buffered user messages
+        self._over: set[str] = set()  # sessions whose backlog may exceed the bound
         self._keys: dict[tuple[str, str], StoredMessage] = {}  # keyed rows stored here
         self._trims: list[tuple[str, int]] = []
 
@@ -142,29 +204,48 @@ class Transaction:
         if isinstance(write, Create):
             if self._last_seq(write.session_id) is not None:
                 return None
-            return tuple(self._create(write.session_id, write.seed))
+            return self._refusal() or tuple(self._create(write.session_id, write.seed))
         self.finish()  # the others read or delete rows: everything before them goes in first
         if isinstance(write, Delete):
             return self._delete(write.session_id)
         if isinstance(write, Reset):
             self._reset()
             return None
+        if isinstance(write, Claim):
+            return self._claim(write.session_id)
+        if isinstance(write, Release):
+            self._release(write.message)
+            return None
         return write(self._conn)
 
     def finish(self) -> None:
         """Insert every buffered row and run the trims they call for."""
         self._insert_buffered()
+        for session_id in self._over:
+            # A flood evicts its own session's oldest entries, never another session's:
+            # one DELETE per session and transaction, however many messages it brought.
+            excess = self.backlog[session_id] - self._backlog_limit
+            if excess > 0:
+                cur = self._conn.execute(
+                    "DELETE FROM listen_backlog WHERE n IN (SELECT n FROM listen_backlog"
+                    " WHERE session_id = ? ORDER BY n LIMIT ?)",
+                    (session_id, excess),
+                )
+                self.backlog[session_id] -= cur.rowcount
+        self._over.clear()
         for session_id, upto in self._trims:
             self._conn.execute(
                 "DELETE FROM messages WHERE session_id = ? AND seq <= ?", (session_id, upto)
             )
         self._trims.clear()
 
-    def _append(self, write: Append) -> Appended:
+    def _append(self, write: Append) -> Appended | QuotaExceeded:
         session_id, draft = write.session_id, write.draft
         last_seq = self._last_seq(session_id)
         stored: list[StoredMessage] = []
         if last_seq is None:
+            if refused := self._refusal():
+                return refused
             stored = self._create(session_id, write.seed)
             last_seq = len(stored)
         elif draft.key is not None and (first := self._keyed(session_id, draft.key)):
@@ -173,11 +254,25 @@ class Transaction:
         stored.append(message)
         return Appended(message, tuple(stored), False)
 
+    def _refusal(self) -> QuotaExceeded | None:
+        """The error for one more session if the store is full; counts the sessions only
+        when their number is not known (the first creation of this writer)."""
+        if self.session_count is None:
+            self.session_count = int(
+                self._conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            )
+        if self.session_count >= self._sessions_max:
+            return sessions_quota(self.session_count)
+        return None
+
     def _create(self, session_id: str, seed: Sequence[Draft]) -> list[StoredMessage]:
+        # Only after `_refusal`, which made `session_count` known.
         self._conn.execute(
             "INSERT INTO sessions (id, created_at) VALUES (?, ?)", (session_id, time.time())
         )
+        self.session_count = (self.session_count or 0) + 1
         self.seqs[session_id] = 0
+        self.backlog[session_id] = 0
         return [self._add(session_id, seq, d) for seq, d in enumerate(seed, 1)]
 
     def _add(self, session_id: str, seq: int, draft: Draft) -> StoredMessage:
@@ -188,6 +283,9 @@ class Transaction:
         )  # fmt: skip
         if draft.role == "user":
             self._backlog += (session_id, seq)
+            count = self.backlog[session_id] = self._backlog_count(session_id) + 1
+            if count > self._backlog_limit:
+                self._over.add(session_id)
         if draft.key is not None:
             self._keys[(session_id, draft.key)] = message
         self.seqs[session_id] = seq
@@ -200,21 +298,70 @@ class Transaction:
         self._conn.execute("DELETE FROM listen_backlog WHERE session_id = ?", (session_id,))
         found = self._conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount
         self._forget(session_id)
+        if found and self.session_count is not None:
+            self.session_count -= 1
         return found > 0
 
     def _reset(self) -> None:
         for table in ("messages", "listen_backlog", "sessions"):
             self._conn.execute(f"DELETE FROM {table}")
         self.seqs.clear()
-        self._cache.clear()
+        self.backlog.clear()
+        self._state.seqs.clear()
+        self._state.backlog.clear()
         self._keys.clear()
+        self.session_count = 0
 
     def _forget(self, session_id: str) -> None:
         # Gone now: the next lookup reads the database (and finds nothing); if this
         # transaction rolls back, it finds the session again.
         self._cache.discard(session_id)
+        self._state.backlog.discard(session_id)
         self.seqs.pop(session_id, None)
+        self.backlog.pop(session_id, None)
         self._keys = {k: m for k, m in self._keys.items() if k[0] != session_id}
+
+    # -- the Listen backlog ----------------------------------------------------------------
+
+    def _claim(self, session_id: str | None) -> StoredMessage | None:
+        where, args = ("", ()) if session_id is None else ("WHERE session_id = ?", (session_id,))
+        while True:
+            row = self._conn.execute(
+                f"SELECT n, session_id, seq FROM listen_backlog {where} ORDER BY n LIMIT 1", args
+            ).fetchone()
+            if row is None:
+                return None
+            self._conn.execute("DELETE FROM listen_backlog WHERE n = ?", (row[0],))
+            known = self.backlog.get(row[1], self._state.backlog.get(row[1]))
+            if known is not None:
+                self.backlog[row[1]] = max(0, known - 1)
+            found = self._conn.execute(
+                f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq = ?",
+                (row[1], row[2]),
+            ).fetchone()
+            # A message trimmed from history since is gone for Listen too.
+            if found:
+                return StoredMessage(*found)
+
+    def _release(self, message: StoredMessage) -> None:
+        session_id, seq = message.session_id, message.seq
+        row = self._conn.execute(
+            "SELECT id FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)
+        ).fetchone()
+        if row is None or row[0] != message.id:  # trimmed, or a later session's message
+            return
+        if self._conn.execute(
+            "SELECT 1 FROM listen_backlog WHERE session_id = ? AND seq = ?", (session_id, seq)
+        ).fetchone():
+            return  # released already
+        count = self._backlog_count(session_id)
+        # Below every other entry's number: claimed next, for its session and for any.
+        self._conn.execute(
+            "INSERT INTO listen_backlog (n, session_id, seq) VALUES"
+            " ((SELECT COALESCE(MIN(n), 1) - 1 FROM listen_backlog), ?, ?)",
+            (session_id, seq),
+        )
+        self.backlog[session_id] = count + 1
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -225,15 +372,30 @@ class Transaction:
         cached = self._cache.get(session_id)
         if cached is not None:
             return cached
+        # The backlog count comes along: a session not cached is likely to need it next.
         row = self._conn.execute(
-            "SELECT (SELECT MAX(seq) FROM messages WHERE session_id = ?) FROM sessions"
+            "SELECT (SELECT MAX(seq) FROM messages WHERE session_id = ?),"
+            " (SELECT COUNT(*) FROM listen_backlog WHERE session_id = ?) FROM sessions"
             " WHERE id = ?",
-            (session_id, session_id),
+            (session_id, session_id, session_id),
         ).fetchone()
         if row is None:
             return None
+        self.backlog.setdefault(session_id, row[1])
         self.seqs[session_id] = row[0] or 0
         return self.seqs[session_id]
+
+    def _backlog_count(self, session_id: str) -> int:
+        """Unclaimed Listen entries of an existing session at this point."""
+        count = self.backlog.get(session_id, self._state.backlog.get(session_id))
+        if count is None:
+            count = int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM listen_backlog WHERE session_id = ?", (session_id,)
+                ).fetchone()[0]
+            )
+            self.backlog[session_id] = count
+        return count
 
     def _keyed(self, session_id: str, key: str) -> StoredMessage | None:
         found = self._keys.get((session_id, key))
@@ -255,13 +417,7 @@ class Transaction:
         backlog, self._backlog = self._backlog, []
         for start in range(0, len(backlog), 2 * _ROWS_PER_INSERT):
             chunk = backlog[start : start + 2 * _ROWS_PER_INSERT]
-            count = len(chunk) // 2
-            cur = self._conn.execute(_BACKLOG_SQL[count], chunk)
-            last = cur.lastrowid or 0
-            if last // _BACKLOG_TRIM_EVERY != (last - count) // _BACKLOG_TRIM_EVERY:
-                self._conn.execute(
-                    "DELETE FROM listen_backlog WHERE n <= ?", (last - self._listen_backlog,)
-                )
+            self._conn.execute(_BACKLOG_SQL[len(chunk) // 2], chunk)
 
 
 def _placeholders(rows: int, width: int) -> str:
