@@ -3,17 +3,25 @@ parse, call the service, answer. Errors are `BridgeError`s, mapped in `app.py`."
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, ValidationError
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from bridge.auth import Auth
-from bridge.chunks import decode_chunks
+from bridge.chunks import decode_chunks, ndjson_line_limit
 from bridge.errors import InvalidInput, PayloadTooLarge
-from bridge.models import MessageIn, Template, check_session_id, describe_validation_error
+from bridge.models import (
+    MessageIn,
+    StoredMessage,
+    Template,
+    check_session_id,
+    describe_validation_error,
+)
 from bridge.ratelimit import RateLimiter
 from bridge.responses import json_response, json_text_response, no_content
 from bridge.schemas import ERRORS, ListenAnswer, MessageOut, SessionOut, TokenOut
@@ -127,13 +135,29 @@ fast_routes = [Route("/api/v1/sessions/{session_id}/messages", post_message, met
     response_model=list[MessageOut],
 )
 async def create_session(session_id: SessionPath, request: Request) -> Response:
+    _rate_limited(request)  # each new session costs storage: creating them is publishing
     messages = await _service(request).create_session(session_id)
     return json_response([m.to_dict() for m in messages])
 
 
-@router.get("/sessions", summary="Every session id, in creation order", response_model=list[str])
-async def list_sessions(request: Request) -> Response:
-    return json_response(await _service(request).sessions())
+@router.get(
+    "/sessions",
+    summary="Session ids in creation order, a page at a time (Link: rel=next when more)",
+    response_model=list[str],
+)
+async def list_sessions(
+    request: Request,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+) -> Response:
+    service = _service(request)
+    ids = await service.sessions(offset, limit)
+    page = limit or service.settings.list_limit_max
+    headers = None
+    if len(ids) == page:
+        following = f"{request.url.path}?offset={offset + page}&limit={page}"
+        headers = {"Link": f'<{following}>; rel="next"'}
+    return json_response(ids, headers=headers)
 
 
 @router.get(
@@ -183,8 +207,20 @@ async def mint_token(session_id: SessionPath, request: Request) -> Response:
 async def session_messages(
     session_id: SessionPath, request: Request, limit: Annotated[int, Query(ge=0, le=2**62)] = 0
 ) -> Response:
-    messages = await _service(request).history(session_id, limit)
-    return json_response([m.to_dict() for m in messages])
+    pages = await _service(request).history(session_id, limit)
+    return StreamingResponse(_json_array(pages), media_type="application/json")
+
+
+async def _json_array(pages: AsyncIterator[list[StoredMessage]]) -> AsyncIterator[str]:
+    """A JSON array written a page at a time: memory per reader is one page, and the
+    server's flow control holds the next page back while a reader is slow."""
+    yield "["
+    comma = ""
+    async for page in pages:
+        for message in page:  # one message per write: no second copy of the page
+            yield comma + message.to_json()
+            comma = ","
+    yield "]"
 
 
 @router.get(
@@ -222,14 +258,41 @@ async def stream_message(
     _rate_limited(request)
     content_type = request.headers.get("content-type", "")
     ndjson = content_type.split(";")[0].strip() in ("application/x-ndjson", "application/jsonl")
-    chunks = decode_chunks(request.stream(), ndjson=ndjson)
+    limit = ndjson_line_limit(_service(request).settings.max_message_bytes)
+    chunks = decode_chunks(request.stream(), ndjson=ndjson, max_line=limit)
     stored = await _service(request).stream(session_id, role, chunks, idempotency_key)
     return json_text_response(stored.to_json())
 
 
 async def _listen(request: Request, session_id: str | None, timeout: float | None) -> Response:
-    listened = await _service(request).listen(session_id, timeout)
-    return no_content() if listened is None else json_response(listened.to_dict())
+    """Wait for a message, unless the caller hangs up first: a Listen whose client has
+    gone must not claim a message (nobody would receive it), so the wait is cancelled
+    the moment the connection drops, and a message claimed just then is given back."""
+    service = _service(request)
+    listening = asyncio.ensure_future(service.listen(session_id, timeout))
+    hung_up = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((listening, hung_up), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hung_up.cancel()
+        if not listening.done():
+            listening.cancel()
+        await asyncio.gather(listening, hung_up, return_exceptions=True)
+    if listening.cancelled():
+        return no_content()  # written to nobody: the client is gone
+    listened = listening.result()
+    if listened is None:
+        return no_content()
+    if not hung_up.cancelled():  # it finished: the client left as the message came
+        await service.release(listened)
+        return no_content()
+    return json_response(listened.to_dict())
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes its connection (a GET has no body to read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get(

@@ -91,6 +91,19 @@ def _parser() -> argparse.ArgumentParser:
         help="the bridge's URL as the user's browser reaches it, if not --bridge "
         "(BRIDGE_BROWSER_URL; e.g. https://chat.example.com behind a proxy)",
     )
+    chat.add_argument(
+        "--bind-user",
+        action="store_const",
+        const=True,
+        default=None,
+        help="open only sessions of the signed-in user (BRIDGE_CHAT_BIND_USER; needs a key)",
+    )
+    chat.add_argument(
+        "--user-header",
+        default=None,
+        help="take the user from this header set by an authenticating proxy "
+        "(BRIDGE_CHAT_USER_HEADER; default: Streamlit's st.user)",
+    )
 
     client("demo-bot", "answer user messages by streaming a reply word by word")
 
@@ -135,7 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "chat":
             from streamlit_client.launcher import run_chat
 
-            return run_chat(args.port, url, host=args.host, browser_bridge_url=args.browser_bridge)
+            return run_chat(
+                args.port,
+                url,
+                host=args.host,
+                browser_bridge_url=args.browser_bridge,
+                bind_user=args.bind_user,
+                user_header=args.user_header,
+            )
         if args.command == "demo-bot":
             from streamlit_client.demo_bot import run
 

@@ -59,10 +59,14 @@ def _error(description: str) -> dict[str, Any]:
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("API key missing or wrong (only when BRIDGE_API_KEY is set)"),
+    403: _error("cross-site request refused (Origin, Sec-Fetch-* headers)"),
     404: _error("no such session, message or route"),
+    408: _error("a streamed body stalled or went on too long"),
+    409: _error("idempotency key already used for a different message"),
     413: _error("content or body over the size limit"),
+    421: _error("Host header not served here (BRIDGE_ALLOWED_HOSTS)"),
     422: _error("invalid input; `detail` says what was wrong"),
-    429: _error("rate limit or Listen waiter limit; see Retry-After"),
+    429: _error("rate limit, Listen waiter limit or session quota; see Retry-After"),
     503: _error("storage unavailable; nothing was changed, retry later"),
 }
 """The error answers any `/api/v1` route may give."""

@@ -16,7 +16,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bridge.broker import Broker
-from bridge.errors import BridgeError, InvalidInput, NotFound, PayloadTooLarge
+from bridge.errors import (
+    BridgeError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    TimedOut,
+)
 from bridge.events import ALL_SESSIONS, Event
 from bridge.hub import Hub
 from bridge.listen import ListenBoard
@@ -30,10 +37,11 @@ from bridge.models import (
     Template,
     check_session_id,
 )
+from bridge.paging import history_pages
 from bridge.settings import Settings
 from bridge.storage import Storage
 
-__all__ = ["WELCOME_ID", "BridgeService", "Listened", "SessionView"]
+__all__ = ["WELCOME_ID", "BridgeService", "Listened", "SessionView", "history_pages"]
 
 WELCOME_ID = "welcome"
 """The id of every session's first message, the template's welcome."""
@@ -109,7 +117,7 @@ class BridgeService:
     def _on_event(self, event: Event) -> None:
         self.hub.dispatch(event)
         if event.user_message:
-            self._listen.notify()
+            self._listen.notify(event.session_id)
         elif event.kind == "template":
             self._template = Template.model_validate(event.data["template"])
 
@@ -189,9 +197,17 @@ class BridgeService:
         subscribers = await self.broker.presence(session_id, 0)
         return SessionView(info, subscribers, self.epoch(info))
 
-    async def sessions(self) -> list[str]:
-        """Every session id in creation order."""
-        return await self.storage.sessions()
+    async def sessions(self, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Session ids in creation order, `limit` of them (at most `list_limit_max`, the
+        default) from `offset` on: a listing never builds more than one page."""
+        cap = self.settings.list_limit_max
+        if limit is None:
+            limit = cap
+        if not 1 <= limit <= cap:
+            raise InvalidInput(f"limit must be 1..{cap} (BRIDGE_LIST_LIMIT_MAX)")
+        if offset < 0:
+            raise InvalidInput("offset must be 0 or more")
+        return await self.storage.sessions(offset=offset, limit=limit)
 
     async def last_session(self) -> str:
         """The most recently created session id."""
@@ -213,15 +229,24 @@ class BridgeService:
         await self.storage.reset()
         await self.broker.publish(Event.of(ALL_SESSIONS, "reset"))
 
-    async def history(self, session_id: str, limit: int = 0) -> list[StoredMessage]:
-        """The last `limit` messages of an existing session (0: all that are kept)."""
+    async def history(
+        self, session_id: str, limit: int = 0
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """The last `limit` messages of an existing session (0: all that are kept), in
+        pages of about `replay_buffer_bytes`: a reader of a large session holds one page
+        at a time, not the whole history. Raises `NotFound` before the first page."""
         check_session_id(session_id)
         if limit < 0:
             raise InvalidInput("limit must be 0 (all) or a positive number")
-        messages = await self.storage.history(session_id, last=limit or None)
-        if not messages and await self.storage.session_info(session_id) is None:
+        info = await self.storage.session_info(session_id)
+        if info is None:
             raise NotFound(f"no session {session_id!r}")
-        return messages
+        return history_pages(
+            self.storage,
+            info,
+            last=limit or None,
+            budget_bytes=self.settings.replay_buffer_bytes,
+        )
 
     async def last_message(self, session_id: str, role: str = "any") -> StoredMessage:
         """The newest message of the session, of `role` unless it is `any`."""
@@ -257,7 +282,7 @@ class BridgeService:
                         session_id,
                         "stream.abort",
                         stream_id=stream_id,
-                        detail="duplicate: this idempotency key was already stored",
+                        detail="duplicate: this idempotency key was already used",
                     )
                 )
             for stored in appended.stored:
@@ -266,6 +291,13 @@ class BridgeService:
                 else:
                     await self.broker.publish(Event.message(stored))
         if appended.duplicate:
+            first = appended.message
+            if (first.role, first.content, first.type) != (draft.role, draft.content, draft.type):
+                raise Conflict(
+                    f"idempotency key {draft.key!r} was already used in session "
+                    f"{session_id!r} for a different message (seq {first.seq}); "
+                    "use a new key for new content"
+                )
             self.metrics.duplicates.inc()
         else:
             self.metrics.messages.inc(len(appended.stored))
@@ -291,28 +323,89 @@ class BridgeService:
         await self.broker.publish(
             Event.of(session_id, "stream.start", stream_id=stream_id, role=role)
         )
-        parts: list[str] = []
-        size = 0
         try:
-            async for chunk in chunks:
-                if not chunk:
-                    continue
-                size += len(chunk.encode("utf-8", "surrogatepass"))
-                if size > self.settings.max_message_bytes:
-                    raise PayloadTooLarge(
-                        f"streamed reply exceeds {self.settings.max_message_bytes} bytes"
-                    )
-                parts.append(chunk)
-                await self.broker.publish(
-                    Event.of(session_id, "stream.delta", stream_id=stream_id, delta=chunk)
-                )
+            text = await self._relay(session_id, stream_id, chunks)
         except BaseException as exc:
             detail = getattr(exc, "detail", None) or "the sender stopped before the end"
             abort = Event.of(session_id, "stream.abort", stream_id=stream_id, detail=detail)
             await asyncio.shield(self.broker.publish(abort))
             raise
-        draft = Draft(role, "".join(parts), "text", stream_id, key)
+        draft = Draft(role, text, "text", stream_id, key)
         return await asyncio.shield(self._append_and_publish(session_id, draft, stream_id))
+
+    async def _relay(self, session_id: str, stream_id: str, chunks: AsyncIterator[str]) -> str:
+        """Publish `chunks` as `stream.delta` events and return the whole text.
+
+        Deltas are merged so that a stream costs subscribers at most one frame per
+        `stream_coalesce_s` (a 28 KB NDJSON body of 2,000 tiny deltas would otherwise be
+        2,000 frames per subscriber, enough to overflow every viewer's buffer). The
+        body is bounded in size, in silence (`stream_idle_timeout_s` between chunks) and
+        in length (`stream_max_s`), so a stream that never ends cannot pin a request.
+        """
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        limit = settings.max_message_bytes
+        end_by = loop.time() + settings.stream_max_s
+        idle_until = loop.time() + settings.stream_idle_timeout_s
+        send_at = 0.0  # loop time from which the next delta may go out
+        parts: list[str] = []
+        unsent: list[str] = []
+        size = 0
+        source = aiter(chunks)
+        reading: asyncio.Future[str] | None = None
+
+        async def flush() -> None:
+            nonlocal send_at
+            delta = "".join(unsent)
+            unsent.clear()
+            send_at = loop.time() + settings.stream_coalesce_s
+            await self.broker.publish(
+                Event.of(session_id, "stream.delta", stream_id=stream_id, delta=delta)
+            )
+
+        try:
+            while True:
+                if reading is None:
+                    reading = asyncio.ensure_future(anext(source))
+                due = min(idle_until, end_by, send_at if unsent else end_by)
+                done, _ = await asyncio.wait((reading,), timeout=max(0.0, due - loop.time()))
+                now = loop.time()
+                if not done:
+                    if unsent and now >= send_at:
+                        await flush()
+                    elif now >= end_by:
+                        raise TimedOut(
+                            f"streamed reply went on for more than {settings.stream_max_s:g} s"
+                            " (BRIDGE_STREAM_MAX_S)"
+                        )
+                    elif now >= idle_until:
+                        raise TimedOut(
+                            f"streamed reply sent nothing for {settings.stream_idle_timeout_s:g}"
+                            " s (BRIDGE_STREAM_IDLE_TIMEOUT_S)"
+                        )
+                    continue
+                finished, reading = reading, None
+                try:
+                    chunk = finished.result()
+                except StopAsyncIteration:
+                    break
+                idle_until = now + settings.stream_idle_timeout_s
+                if not chunk:
+                    continue
+                size += len(chunk.encode("utf-8", "surrogatepass"))
+                if size > limit:
+                    raise PayloadTooLarge(f"streamed reply exceeds {limit} bytes")
+                parts.append(chunk)
+                unsent.append(chunk)
+                if now >= send_at:
+                    await flush()
+            if unsent:
+                await flush()
+        finally:
+            if reading is not None:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+        return "".join(parts)
 
     # -- Listen --------------------------------------------------------------------------
 
@@ -327,15 +420,34 @@ class BridgeService:
         wait = min(wait, self.settings.listen_timeout_max_s)
         self.metrics.listen_waiting.inc()
         try:
-            message = await self._listen.wait(lambda: self.storage.claim_listen(session_id), wait)
+            message = await self._listen.wait(
+                session_id,
+                lambda: self.storage.claim_listen(session_id),
+                self.storage.release_listen,
+                wait,
+            )
         finally:
             self.metrics.listen_waiting.dec()
         if message is None:
             return None
-        history = await self.storage.history(
-            message.session_id, before=message.seq, last=self.settings.listen_history_limit
-        )
+        try:
+            history = await self.storage.history(
+                message.session_id, before=message.seq, last=self.settings.listen_history_limit
+            )
+        except BaseException:
+            # Claimed but not handed out (the store failed, or the caller hung up):
+            # give it back so that the next Listen call gets it.
+            await asyncio.shield(self._release(message))
+            raise
         return Listened(message, history)
+
+    async def release(self, listened: Listened) -> None:
+        """Give back a message a Listen call claimed but could not deliver."""
+        await asyncio.shield(self._release(listened.message))
+
+    async def _release(self, message: StoredMessage) -> None:
+        await self.storage.release_listen(message)
+        self._listen.notify(message.session_id)  # a call waiting here may take it now
 
     # -- template ------------------------------------------------------------------------
 

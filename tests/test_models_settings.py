@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.chunks import decode_chunks
-from bridge.errors import InvalidInput
+from bridge.errors import InvalidInput, PayloadTooLarge
 from bridge.events import Event
 from bridge.jsontext import dumps
 from bridge.models import MessageIn, StoredMessage, Template, check_session_id
@@ -75,12 +75,12 @@ def test_store_urls() -> None:
             open_storage(bad, s)
 
 
-async def _chunks(parts: list[bytes], ndjson: bool) -> list[str]:
+async def _chunks(parts: list[bytes], ndjson: bool, max_line: int = 10_000) -> list[str]:
     async def gen() -> AsyncIterator[bytes]:
         for p in parts:
             yield p
 
-    return [c async for c in decode_chunks(gen(), ndjson=ndjson)]
+    return [c async for c in decode_chunks(gen(), ndjson=ndjson, max_line=max_line)]
 
 
 async def test_decode_plain_and_ndjson_chunks() -> None:
@@ -92,6 +92,26 @@ async def test_decode_plain_and_ndjson_chunks() -> None:
         await _chunks([b"\xff\xfe"], False)
     with pytest.raises(InvalidInput, match="delta"):
         await _chunks([b'{"text": "x"}\n'], True)
+
+
+async def test_ndjson_line_refused_as_soon_as_it_passes_the_bound() -> None:
+    pieces = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal pieces
+        while pieces < 10_000:  # 10 MB if nothing stopped it
+            pieces += 1
+            yield b"x" * 1000
+
+    with pytest.raises(PayloadTooLarge, match="without a newline"):
+        async for _ in decode_chunks(endless(), ndjson=True, max_line=5000):
+            pass
+    assert pieces == 6  # refused on the piece that passed 5,000 characters, not at the end
+    # A line exactly at the bound, split across pieces, still goes through.
+    line = b'{"delta": "' + b"y" * 4985 + b'"}'
+    assert len(line) == 4998
+    got = await _chunks([line[:100], line[100:], b"\n", b'{"delta": "z"}'], True, max_line=4998)
+    assert got == ["y" * 4985, "z"]
 
 
 @pytest.mark.parametrize("content", ["plain", 'quotes " and \\ and\nnewlines', "émoji 🙂 ✓"])
