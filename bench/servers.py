@@ -50,8 +50,12 @@ def bridge_available() -> bool:
 
 
 def _server_env() -> dict[str, str]:
-    """Our environment minus `BRIDGE_*`: the bridge is measured with its defaults."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    """Our environment minus `BRIDGE_*`: the bridge is measured with its defaults, except
+    the per-client socket cap: every load-generator socket comes from 127.0.0.1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["BRIDGE_SOCKETS_PER_CLIENT_MAX"] = "1000000"
+    env["BRIDGE_SOCKETS_MAX"] = "1000000"
+    return env
 
 
 def _free_port() -> int:

@@ -35,13 +35,26 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     storage = open_storage(settings.store, settings)
     broker = open_broker(settings.store, settings)
-    hub = Hub(max_pending=settings.subscriber_buffer, metrics=metrics)
+    auth = Auth(settings.api_key, settings.allowed_origins, settings.token_ttl_s)
+    hub = Hub(
+        max_pending=settings.subscriber_buffer,
+        max_pending_bytes=settings.subscriber_buffer_bytes,
+        metrics=metrics,
+        # A session token names a session: once that session is deleted, its sockets end.
+        close_on_reset=auth.enabled,
+    )
     service = BridgeService(settings, storage, broker, hub, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await storage.open()
         try:
+            if auth.enabled:
+                # Tokens are signed with a key derived from this secret and the API key:
+                # BRIDGE_TOKEN_SECRET, else the store's own random one (kept across
+                # restarts, shared by every instance on the store).
+                secret = settings.token_secret
+                auth.start(secret.encode() if secret else await storage.token_secret())
             await service.start()
             yield
         finally:
@@ -62,10 +75,10 @@ def create_app(settings: Settings) -> FastAPI:
         # would look up providers on every request (~12 us of a ~100 us POST).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    auth = Auth(settings.api_key, settings.allowed_origins, settings.token_ttl_s)
     app.state.settings = settings
     app.state.service = service
     app.state.auth = auth
+    app.state.sockets = ws.SocketLimits(settings.sockets_max, settings.sockets_per_client_max)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.add_middleware(
         BrowserGuard,

@@ -7,7 +7,15 @@ each socket through its `Outbox`, so one slow socket never holds up the others; 
 backlog overflows is closed with 4000 and resumes later with `after`.
 
 The hub also remembers the text so far of every streamed reply in progress, so that a
-subscriber joining mid-stream starts with `stream.start` and one `stream.delta`.
+subscriber joining mid-stream starts with `stream.start` and one `stream.delta`. That
+text counts against the joiner's byte budget like anything else held for it: a stream
+whose text does not fit is announced by `stream.start` alone (its later deltas and its
+`stream.end`, which carries the whole message, still come), so that a few huge open
+streams cannot keep every new viewer out.
+
+With session tokens (an API key configured), a socket is closed with 4004 after its
+session's `reset`: a token names a session, and a session deleted and created again is
+not the one the token was minted for.
 """
 
 from __future__ import annotations
@@ -21,16 +29,36 @@ from bridge.events import ALL_SESSIONS, Event
 from bridge.metrics import Metrics
 from bridge.outbox import Outbox
 
-__all__ = ["CLOSE_TOO_SLOW", "Hub", "Subscriber", "Subscription"]
+__all__ = [
+    "CLOSE_REASON_BYTES",
+    "CLOSE_SESSION_DELETED",
+    "CLOSE_TOO_SLOW",
+    "Hub",
+    "Subscriber",
+    "Subscription",
+    "close_reason",
+]
 
 CLOSE_TOO_SLOW = 4000
+CLOSE_SESSION_DELETED = 4004
+CLOSE_REASON_BYTES = 123
+"""A close frame's payload is at most 125 bytes: the code's 2, then the reason."""
 Closer = Callable[[int, str], Awaitable[None]]
+
+
+def close_reason(text: str) -> str:
+    """`text` cut to the 123 bytes of UTF-8 a close frame has room for, never inside a
+    character. A longer reason makes the close itself fail (the client sees 1006)."""
+    if len(text) <= CLOSE_REASON_BYTES and text.isascii():
+        return text  # the common case
+    data = text.encode("utf-8", "replace")  # "replace": a lone surrogate cannot be sent
+    return data[:CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
 class Subscriber:
     """One socket subscribed to one session."""
 
-    __slots__ = ("close", "last_seq", "outbox", "pending", "session_id")
+    __slots__ = ("close", "last_seq", "outbox", "pending", "pending_bytes", "session_id")
 
     def __init__(self, session_id: str, outbox: Outbox, close: Closer) -> None:
         self.session_id = session_id
@@ -38,6 +66,7 @@ class Subscriber:
         self.close = close
         self.last_seq = 0
         self.pending: list[Event] | None = []
+        self.pending_bytes = 0  # frame text held in `pending`
 
 
 class Subscription:
@@ -62,13 +91,39 @@ class Subscription:
 class _Stream:
     role: str
     text: list[str] = field(default_factory=list)
+    # What a late joiner gets, built once for every joiner until the next delta.
+    snapshot: tuple[Event, Event] | None = None
+
+    def joined(self, session_id: str, stream_id: str) -> tuple[Event, Event]:
+        """`stream.start` and one `stream.delta` with the text so far."""
+        if self.snapshot is None:
+            text = "".join(self.text)
+            self.text = [text]
+            self.snapshot = (
+                Event.of(session_id, "stream.start", stream_id=stream_id, role=self.role),
+                Event.of(session_id, "stream.delta", stream_id=stream_id, delta=text),
+            )
+        return self.snapshot
 
 
 class Hub:
     """Subscribers and in-progress streams of every session served by this process."""
 
-    def __init__(self, *, max_pending: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        max_pending: int,
+        metrics: Metrics,
+        max_pending_bytes: int = 4 * 1024 * 1024,
+        close_on_reset: bool = False,
+    ) -> None:
+        """`max_pending` frames or `max_pending_bytes` of frame text may be held for a
+        subscriber while its history replays (the same bounds as its `Outbox`);
+        `close_on_reset`: close subscribers with 4004 after their session's `reset`
+        (sockets opened with a session token)."""
         self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        self._close_on_reset = close_on_reset
         self._metrics = metrics
         self._topics: dict[str, set[Subscriber]] = {}
         self._streams: dict[str, dict[str, _Stream]] = {}
@@ -89,12 +144,18 @@ class Hub:
         return Subscription(self, Subscriber(session_id, outbox, close))
 
     def _join(self, sub: Subscriber) -> None:
-        assert sub.pending is not None
+        pending = sub.pending
+        assert pending is not None
+        budget = self._max_pending_bytes
         for stream_id, stream in self._streams.get(sub.session_id, {}).items():
-            start = Event.of(sub.session_id, "stream.start", stream_id=stream_id, role=stream.role)
-            text = "".join(stream.text)
-            delta = Event.of(sub.session_id, "stream.delta", stream_id=stream_id, delta=text)
-            sub.pending += (start, delta)
+            if len(pending) + 2 > self._max_pending:
+                break  # unannounced streams reach this subscriber as deltas, then stream.end
+            start, delta = stream.joined(sub.session_id, stream_id)
+            pending.append(start)
+            sub.pending_bytes += len(start.frame)
+            if sub.pending_bytes + len(delta.frame) <= budget:
+                pending.append(delta)
+                sub.pending_bytes += len(delta.frame)
         self._topics.setdefault(sub.session_id, set()).add(sub)
         self._metrics.connections.inc()
 
@@ -110,6 +171,7 @@ class Hub:
         are dropped rather than drawn again.
         """
         pending, sub.pending = sub.pending or [], None
+        sub.pending_bytes = 0
         for event in pending:
             if event.kind.startswith("stream.") and event.data["stream_id"] in replayed_ids:
                 continue
@@ -135,6 +197,10 @@ class Hub:
         self._metrics.publish_to_send.observe(time.monotonic() - event.born)
         return delivered
 
+    def kick(self, sub: Subscriber, code: int, reason: str) -> None:
+        """Unsubscribe `sub` now and close its socket with `code` (in the background)."""
+        self._kick(sub, code, reason)
+
     async def close_all(self, code: int, reason: str) -> None:
         """Close every subscriber (shutdown) and wait until the close frames are out."""
         for subs in tuple(self._topics.values()):
@@ -144,11 +210,20 @@ class Hub:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
     def _deliver(self, sub: Subscriber, event: Event) -> bool:
-        if sub.pending is not None:
-            if len(sub.pending) >= self._max_pending:
+        pending = sub.pending
+        if pending is not None:
+            if event.kind == "reset" and self._close_on_reset:
+                self._kick(sub, CLOSE_SESSION_DELETED, "session deleted")
+                return False
+            size = len(event.frame)
+            if (
+                len(pending) >= self._max_pending
+                or sub.pending_bytes + size > self._max_pending_bytes
+            ):
                 self._kick(sub, CLOSE_TOO_SLOW, "subscriber too slow: buffer overflowed")
                 return False
-            sub.pending.append(event)
+            pending.append(event)
+            sub.pending_bytes += size
             return True
         if event.seq is not None:
             if event.seq <= sub.last_seq:
@@ -156,6 +231,10 @@ class Hub:
             sub.last_seq = event.seq
         elif event.kind == "reset":
             sub.last_seq = 0  # the history is gone: its next message is seq 1 again
+            if self._close_on_reset:
+                sent = sub.outbox.put(event.asgi)
+                self._kick(sub, CLOSE_SESSION_DELETED, "session deleted")
+                return sent
         if sub.outbox.put(event.asgi):
             return True
         if sub.outbox.overflowed:
@@ -177,7 +256,7 @@ class Hub:
     @staticmethod
     async def _close(sub: Subscriber, code: int, reason: str) -> None:
         try:
-            await sub.close(code, reason)
+            await sub.close(code, close_reason(reason))
         except Exception:  # the socket may be closed or gone already: best effort
             return
 
@@ -206,7 +285,9 @@ class Hub:
         if kind == "stream.start":
             streams[stream_id] = _Stream(event.data["role"])
         elif kind == "stream.delta" and stream_id in streams:
-            streams[stream_id].text.append(event.data["delta"])
+            stream = streams[stream_id]
+            stream.text.append(event.data["delta"])
+            stream.snapshot = None
         else:
             streams.pop(stream_id, None)
         if not streams:

@@ -18,11 +18,15 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "OutboxClosed"]
 
 SendCoroutine = Coroutine[Any, Any, None]
 Message = dict[str, Any]
 """An ASGI `websocket.send` message: `{"type": "websocket.send", "text": frame}`."""
+
+
+class OutboxClosed(ConnectionError):
+    """`Outbox.send` on an outbox that was closed (its socket was kicked or failed)."""
 
 
 class Outbox:
@@ -87,9 +91,14 @@ class Outbox:
         return True
 
     async def send(self, message: Message) -> None:
-        """Write `message` waiting for the socket (history replay, before going live)."""
+        """Write `message` waiting for the socket (history replay, before going live).
+
+        Raises `OutboxClosed` once the outbox is closed: after a kick the socket's close
+        frame may already be out, and nothing may follow it."""
         if self._drainer is not None:
             await asyncio.shield(self._drainer)
+        if self.closed:
+            raise OutboxClosed("the socket was closed")
         await self._send(message)
 
     async def aclose(self) -> None:

@@ -42,7 +42,8 @@ async def history_pages(
         upper = min(cursor + size, end)
         page = await storage.history(info.session_id, after=cursor, before=upper + 1)
         if page:
-            yield page
             largest = max(len(m.to_json()) for m in page)
+            yield page
+            del page  # not held while the next page is read
             size = max(1, min(_MAX_PAGE, budget_bytes // largest))
         cursor = upper

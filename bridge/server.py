@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
 import socket
+from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from bridge.app import CLOSE_GOING_AWAY, create_app
@@ -28,14 +32,67 @@ reference counting, so collecting 14x less often holds back little memory (at mo
 (docs/benchmarks.md)."""
 
 
-class _WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, answering handshakes it cannot parse.
+class _WriteGate(asyncio.Event):
+    """`protocol.writable` with a deadline: set while the transport takes more data.
 
-    When the request line or headers are too long (a 10 KB session id, say), the
-    `websockets` parser queues a 414/431 response but no request event, and uvicorn 0.54
-    never writes it: the client hangs until its own timeout. Here the queued answer is
-    sent and the connection closed.
+    uvicorn's `send` awaits `writable.wait()` before every write. While the socket keeps
+    up that returns at once, as before (no timer per frame); once the transport paused
+    writing (its buffer is over the high-water mark), a write that cannot go out within
+    `send_timeout_s` aborts the connection instead of waiting forever for a peer that
+    stopped reading. The abort makes uvicorn report the disconnect, so the app unsubscribes
+    and the file descriptor is released. A history replay, a drain of the backlog and the
+    close frame of a kick all write through here.
     """
+
+    __slots__ = ("_timeout", "transport")
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+        # Set by connection_made; asyncio drops its own reference to the protocol when the
+        # connection is lost, so this adds no lasting cycle.
+        self.transport: asyncio.Transport | None = None
+        self.set()
+
+    async def wait(self) -> Literal[True]:
+        """Return once writable; abort the connection after `send_timeout_s` of waiting."""
+        if self.is_set():
+            return True
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await super().wait()
+        except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
+            raise ClientDisconnected("the peer read nothing for send_timeout_s") from None
+
+
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, with bounds on a peer that stops reading.
+
+    - Handshakes it cannot parse are answered: when the request line or headers are too
+      long (a 10 KB session id, say), the `websockets` parser queues a 414/431 response but
+      no request event, and uvicorn 0.54 never writes it; the client would hang until its
+      own timeout. Here the queued answer is sent and the connection closed.
+    - uvicorn ends a connection with `transport.close()`, which waits until the write buffer
+      has drained: forever, if the peer stopped reading, and the file descriptor, the
+      buffer and (after a heartbeat timeout) the subscription stay. Here writes wait at
+      most `send_timeout` (`_WriteGate`), a heartbeat timeout aborts a connection that
+      still has unsent data, and once the app is done with a socket its closing handshake
+      gets `send_timeout` before the connection is aborted.
+
+    `send_timeout` is set per server by `_protocol_class`.
+    """
+
+    send_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writable: _WriteGate = _WriteGate(self.send_timeout)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.writable.transport = self.transport
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -44,18 +101,72 @@ class _WebSocketProtocol(WebSocketsSansIOProtocol):
             self.handshake_complete = True
             self.transport.close()
 
+    def keepalive_timeout(self) -> None:
+        # uvicorn writes a close frame and calls transport.close(); with data still queued
+        # for a peer that answers no ping, that close would never complete.
+        super().keepalive_timeout()
+        self._finish()
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        # The app's task (`run_asgi`) is done. A hook rather than an override of run_asgi:
+        # wrapping that coroutine would keep a second frame alive per idle socket.
+        super().on_task_complete(task)
+        if self.disconnected:
+            return
+        # The app is done: uvicorn closed the transport or armed a 10 s timer to, and
+        # either waits for the write buffer to drain. Give the peer send_timeout to answer
+        # the close, then abort. (`close_timer` is also what handle_close cancels when
+        # the peer's close frame arrives, closing the transport at once.)
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(self.send_timeout, self._finish)
+
+    def _finish(self) -> None:
+        """Close the transport now: gracefully if everything was written, else abort."""
+        if self.disconnected:
+            return
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+def _protocol_class(send_timeout: float) -> type[_WebSocketProtocol]:
+    """The WebSocket protocol class for one server (uvicorn instantiates it per socket)."""
+
+    class Protocol(_WebSocketProtocol):
+        pass
+
+    Protocol.send_timeout = send_timeout
+    return Protocol
+
+
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;#\s\"']*)=([^&;#\s\"']*)")
+
+
+def _redact_tokens(text: str) -> str:
+    """`text` with the value of every query parameter whose decoded name is `token`
+    replaced by `[redacted]`.
+
+    Starlette decodes parameter names (`%74oken` is `token`), uvicorn logs the query as
+    it came: matching the raw text `token=` would let an encoded name through."""
+
+    def redact(match: re.Match[str]) -> str:
+        if unquote_plus(match.group(2)) == "token":
+            return f"{match.group(1)}{match.group(2)}=[redacted]"
+        return match.group(0)
+
+    return _QUERY_PARAM.sub(redact, text)
+
 
 class _RedactTokens(logging.Filter):
     """uvicorn logs each WebSocket's path with its query string: keep tokens out of logs."""
 
-    _TOKEN = re.compile(r"(token=)[^&\s\"']+")
-
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                self._TOKEN.sub(r"\1[redacted]", a) if isinstance(a, str) else a
-                for a in record.args
-            )
+            record.args = tuple(_redact_tokens(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = _redact_tokens(record.msg)
         return True
 
 
@@ -82,7 +193,7 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        ws=_WebSocketProtocol,
+        ws=_protocol_class(settings.send_timeout_s),
         ws_max_size=settings.max_frame_bytes,
         ws_ping_interval=settings.ping_interval_s or None,
         ws_ping_timeout=settings.ping_timeout_s or None,
@@ -101,7 +212,8 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
         "on" if settings.api_key else "off",
     )
     server = _BridgeServer(config, app.state.service)
-    logging.getLogger("uvicorn.error").addFilter(_RedactTokens())
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_RedactTokens())
     _tune_gc()
     server.run()
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from bridge.events import ALL_SESSIONS, Event
-from bridge.hub import CLOSE_TOO_SLOW, Hub
+from bridge.hub import CLOSE_SESSION_DELETED, CLOSE_TOO_SLOW, Hub, close_reason
 from bridge.metrics import Metrics
 from bridge.models import Draft, StoredMessage
 from bridge.outbox import Message, Outbox
@@ -168,3 +168,77 @@ async def test_frame_serialised_once_per_event() -> None:
     again = Event.from_frame("s", event.frame)
     assert again.seq == 1 and again.kind == "message" and again.frame is event.frame
     assert json.loads(event.frame)["message"]["content"] == "héllo"
+
+
+async def test_late_joiner_gets_stream_text_only_within_its_byte_budget() -> None:
+    """The text so far of an open stream counts against the joiner's byte budget: one
+    that does not fit is announced by `stream.start` alone; the rest still arrives."""
+    hub = Hub(max_pending=100, max_pending_bytes=1_000, metrics=Metrics())
+    hub.dispatch(Event.of("s", "stream.start", stream_id="big", role="ai"))
+    hub.dispatch(Event.of("s", "stream.delta", stream_id="big", delta="x" * 5_000))
+    hub.dispatch(Event.of("s", "stream.start", stream_id="small", role="ai"))
+    hub.dispatch(Event.of("s", "stream.delta", stream_id="small", delta="hi"))
+    peer, other = Peer(), Peer()
+    async with (
+        hub.subscribe("s", peer.outbox(), peer.close) as sub,
+        hub.subscribe("s", other.outbox(), other.close) as sub2,
+    ):
+        assert sub.pending_bytes <= 1_000
+        hub.go_live(sub, set())
+        hub.go_live(sub2, set())
+        hub.dispatch(Event.of("s", "stream.delta", stream_id="big", delta="!"))
+    got = [(f["event"], f["stream_id"], f.get("delta")) for f in peer.frames]
+    assert got == [
+        ("stream.start", "big", None),
+        ("stream.start", "small", None),
+        ("stream.delta", "small", "hi"),
+        ("stream.delta", "big", "!"),
+    ]
+    assert peer.closed is None
+    assert other.frames == peer.frames  # the snapshot is shared, the outcome the same
+
+
+async def test_events_held_during_replay_are_bounded_in_bytes_too() -> None:
+    hub = Hub(max_pending=100, max_pending_bytes=5_000, metrics=Metrics())
+    peer = Peer()
+    async with hub.subscribe("s", peer.outbox(), peer.close):
+        for seq in range(1, 10):  # ~1 KB each: the sixth passes 5,000 bytes
+            hub.dispatch(Event.message(_msg("s", seq, "y" * 1_000)))
+        await hub.close_all(1001, "")
+    assert peer.closed is not None and peer.closed[0] == CLOSE_TOO_SLOW
+
+
+async def test_close_on_reset_closes_with_4004_after_the_reset() -> None:
+    hub = Hub(max_pending=100, metrics=Metrics(), close_on_reset=True)
+    live, replaying, other, elsewhere = Peer(), Peer(), Peer(), Peer()
+    async with (
+        hub.subscribe("s", live.outbox(), live.close) as a,
+        hub.subscribe("s", replaying.outbox(), replaying.close),
+        hub.subscribe("t", other.outbox(), other.close) as c,
+        hub.subscribe("u", elsewhere.outbox(), elsewhere.close) as d,
+    ):
+        hub.go_live(a, set())
+        hub.go_live(c, set())
+        hub.go_live(d, set())
+        hub.dispatch(Event.of("s", "reset"))
+        assert hub.count("s") == 0 and hub.count("t") == 1
+        hub.dispatch(Event.of(ALL_SESSIONS, "reset"))
+        assert hub.connections == 0
+        await hub.close_all(1001, "")
+    assert [f["event"] for f in live.frames] == ["reset"]
+    for peer in (live, replaying, other, elsewhere):
+        assert peer.closed == (CLOSE_SESSION_DELETED, "session deleted")
+
+
+async def test_close_reasons_are_cut_to_123_bytes_of_utf8() -> None:
+    for text in ("é" * 100, "😀" * 40, "a" * 200, "x" * 122 + "é", "ok", "\ud800" * 10):
+        cut = close_reason(text)
+        assert len(cut.encode()) <= 123
+        assert text.startswith(cut) or "\ud800" in text
+    assert close_reason("x" * 122 + "é") == "x" * 122  # never half a character
+    hub = _hub()
+    peer = Peer()
+    async with hub.subscribe("s", peer.outbox(), peer.close) as sub:
+        hub.kick(sub, 1008, "origin " + "é" * 100)
+        await hub.close_all(1001, "")
+    assert peer.closed is not None and len(peer.closed[1].encode()) <= 123

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bridge.events import text_message as m
-from bridge.outbox import Message, Outbox
+from bridge.outbox import Message, Outbox, OutboxClosed
 
 
 class Socket:
@@ -109,3 +111,15 @@ async def test_send_waits_for_backlog_then_writes() -> None:
     sock.writable.set()
     await asyncio.wait_for(waiter, 5)
     assert sock.sent == ["queued", "direct"]
+
+
+async def test_send_refuses_once_closed() -> None:
+    """After a kick the close frame may be out already: nothing may be written after it
+    (the server would raise, and the replay would crash instead of stopping)."""
+    sock = Socket()
+    outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
+    await outbox.send(m("before"))
+    outbox.closed = True
+    with pytest.raises(OutboxClosed):
+        await outbox.send(m("after"))
+    assert sock.sent == ["before"]
