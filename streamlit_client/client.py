@@ -17,7 +17,8 @@ network failures surface as `httpx.HTTPError`. `subscribe` is described in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -209,12 +210,18 @@ class BridgeClient:
         token: str | None = None,
         reconnect: bool = True,
     ) -> Subscription:
-        """A `Subscription` to one session's events; iterate it (see its docstring)."""
+        """A `Subscription` to one session's events; iterate it (see its docstring).
+
+        With an API key and no `token`, tokens are minted as needed (again when one
+        expires)."""
+        source: str | Callable[[], str] | None = token
+        if source is None and self.api_key:
+            source = partial(self.session_token, session_id)
         return Subscription(
             ws_base(self.base_url),
             session_id,
             after=after,
-            token=token,
+            token=source,
             reconnect=reconnect,
         )
 

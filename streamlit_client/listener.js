@@ -53,6 +53,7 @@ class Listener {
     this.inflight = null; // nonce of the value Python has not answered
     this.sent = null; // what that value carried besides messages
     this.resetPending = false;
+    this.tokenExpired = false; // the bridge closed us at the token's expiry: ask for one
     this.nonce = 0;
     this.streams = new Map(); // stream_id -> {bubble, text}
     this.committed = new Map(); // seq -> bubble awaiting Python's ack
@@ -104,6 +105,7 @@ class Listener {
       // Only now is what the value carried known to Python (a lost rerun resends it).
       if (this.template === this.sent.template) this.template = null;
       if (this.resets === this.sent.resets) this.resetPending = false;
+      if (this.sent.tokenExpired) this.tokenExpired = false;
     }
     // A `have` from before our latest reset refers to the lost history: ignore it.
     if ((data.resets || 0) !== this.resets) return;
@@ -128,13 +130,15 @@ class Listener {
   // Send Python every unacknowledged message at once, unless a value is still in flight.
   flush() {
     if (this.inflight !== null || !this.setStateValue) return;
-    if (this.pending.size === 0 && this.template === null && !this.resetPending) return;
+    const idle = this.pending.size === 0 && this.template === null;
+    if (idle && !this.resetPending && !this.tokenExpired) return;
     this.nonce += 1;
     this.inflight = this.nonce;
     const messages = [...this.pending.values()].sort((a, b) => a.seq - b.seq);
     const value = { nonce: this.nonce, epoch: this.epoch, resets: this.resets, messages };
     if (this.template !== null) value.template = this.template;
-    this.sent = { template: this.template, resets: this.resets };
+    if (this.tokenExpired) value.token_expired = true;
+    this.sent = { template: this.template, resets: this.resets, tokenExpired: this.tokenExpired };
     clearTimeout(this.ackTimer);
     const nonce = this.nonce;
     this.ackTimer = setTimeout(() => {
@@ -190,6 +194,15 @@ class Listener {
   onClose(event) {
     clearInterval(this.pingTimer);
     this.socket = null;
+    if (event.code === 1008 && this.token && /expired/.test(event.reason || "")) {
+      // Tokens expire while tabs stay open: Python mints a new one on the rerun this
+      // value causes, and `bind` reconnects when the new token arrives.
+      this.stopped = "token expired";
+      this.tokenExpired = true;
+      this.setStatus("reconnecting", "Session token expired; getting a new one…");
+      this.flush();
+      return;
+    }
     if (STOPPING_CODES[event.code]) {
       this.stop(event.reason || STOPPING_CODES[event.code]);
       return;

@@ -52,6 +52,8 @@ class ChatState:
     # Seqs that arrived as the end of a stream: the browser already showed them growing.
     streamed: set[int] = field(default_factory=set)
     needs_full_run: bool = False
+    # The bridge closed the tab's socket because its token expired: mint a new one.
+    token_expired: bool = False
     # Welcome texts of every template this tab has seen: the session's first message
     # is its welcome if it carries one of them (the bridge stores it as a plain message).
     welcomes: set[str] = field(default_factory=set)
@@ -98,6 +100,9 @@ class ChatState:
             return Push()
         self.ack_nonce = value.get("nonce")
         self.epoch = value.get("epoch") or self.epoch
+        if value.get("token_expired"):
+            # Only a full run mints tokens (the live fragment keeps its arguments).
+            self.token_expired = self.needs_full_run = True
         reset = int(value.get("resets") or 0) > self.resets
         if reset:
             # The bridge lost or deleted the history: the component resends from seq 1.

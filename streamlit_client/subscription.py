@@ -5,6 +5,8 @@ The same rules the page's JavaScript follows (protocol.md, close codes):
   reconnect never yields a message twice;
 - a `hello` with a new `epoch` means the bridge lost the history: the subscription
   yields `{"event": "reset"}` and starts again from the first message;
+- close code 1008 "session token expired" mints a new token and reconnects when the
+  token came from a callable (`BridgeClient.subscribe` does this with an API key);
 - close codes 1008 (policy) and 4004 (session deleted) end the iteration with
   `SubscriptionClosed`; every other close or network error reconnects with backoff.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -24,6 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 __all__ = ["FINAL_CLOSE_CODES", "Subscription", "SubscriptionClosed"]
 
 # Close codes after which reconnecting cannot help (protocol.md section 6).
+POLICY = 1008
 FINAL_CLOSE_CODES = {1008: "refused by the bridge (origin or token)", 4004: "session deleted"}
 OVERLOADED = 1013
 
@@ -51,7 +54,7 @@ class Subscription:
         session_id: str,
         *,
         after: int | None = None,
-        token: str | None = None,
+        token: str | Callable[[], str] | None = None,
         reconnect: bool = True,
         max_backoff: float = 5.0,
         open_timeout: float = 10.0,
@@ -60,7 +63,10 @@ class Subscription:
         self.session_id = session_id
         self.last_seq = after
         self.epoch: str | None = None
-        self.token = token
+        # A callable mints a fresh token, so that a socket the bridge closes when its
+        # token expires (1008 "session token expired") comes back instead of stopping.
+        self._mint = token if callable(token) else None
+        self.token = None if callable(token) else token
         self.reconnect = reconnect
         self.max_backoff = max_backoff
         self.open_timeout = open_timeout
@@ -68,7 +74,9 @@ class Subscription:
         self._socket: ClientConnection | None = None
 
     def url(self) -> str:
-        """The URL of the next connection attempt."""
+        """The URL of the next connection attempt (minting a token first if needed)."""
+        if self._mint is not None and self.token is None:
+            self.token = self._mint()
         query: dict[str, str] = {}
         if self.last_seq is not None:
             query["after"] = str(self.last_seq)
@@ -95,6 +103,7 @@ class Subscription:
         failures = 0
         while not self._closed.is_set():
             code = None
+            reason = ""
             restart = False
             try:
                 with connect(self.url(), open_timeout=self.open_timeout) as socket:
@@ -107,16 +116,21 @@ class Subscription:
                             break
                     else:
                         code = socket.close_code
+                        reason = socket.close_reason or ""
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else None
+                reason = exc.rcvd.reason if exc.rcvd else ""
             except (OSError, InvalidHandshake, TimeoutError):
                 pass  # the bridge is down or restarting: back off and try again
             finally:
                 self._socket = None
             if self._closed.is_set():
                 return
+            if code == POLICY and "expired" in reason and self._mint is not None:
+                self.token = None  # minted again by the next url()
+                continue
             if code in FINAL_CLOSE_CODES:
-                raise SubscriptionClosed(code, FINAL_CLOSE_CODES[code])
+                raise SubscriptionClosed(code, reason or FINAL_CLOSE_CODES[code])
             if restart:
                 continue
             if not self.reconnect:

@@ -217,8 +217,14 @@ def _token(key: str, client: BridgeClient, state: ChatState) -> str | None:
     if not client.api_key:
         return None
     cached = st.session_state.get(f"{key}.token")
-    if cached and cached[0] == state.session_id and time.time() - cached[1] < TOKEN_REFRESH_S:
+    if (
+        cached
+        and cached[0] == state.session_id
+        and time.time() - cached[1] < TOKEN_REFRESH_S
+        and not state.token_expired
+    ):
         return str(cached[2])
+    state.token_expired = False
     try:
         token = client.session_token(state.session_id)
     except (BridgeHTTPError, httpx.HTTPError) as exc:

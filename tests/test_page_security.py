@@ -32,7 +32,7 @@ from streamlit_client.config import (
 )
 from streamlit_client.launcher import chat_env
 from tests.browser_support import RunningPage, launch_chromium
-from tests.support import RunningBridge, free_port
+from tests.support import RunningBridge, free_port, wait_until
 
 StartBridge = Callable[..., RunningBridge]
 
@@ -405,4 +405,51 @@ def test_without_binding_any_session_id_opens_as_before(
     finally:
         alice.close()
         bob.close()
+        page.stop()
+
+
+@pytest.mark.browser
+def test_with_a_key_tabs_get_tokens_and_new_ones_when_theirs_expire(
+    start_bridge: StartBridge,
+    browser: Browser,
+    tmp_path: Path,
+) -> None:
+    """The API-key path end to end: the page mints a token per tab, the bridge closes each
+    socket when its token expires (1008), and the tab gets a new token and goes on."""
+    port = free_port()
+    ttl = 4
+    bridge = start_bridge(
+        env={
+            "BRIDGE_API_KEY": API_KEY,
+            "BRIDGE_ALLOWED_ORIGINS": f"http://127.0.0.1:{port}",
+            "BRIDGE_TOKEN_TTL_S": str(ttl),
+        }
+    )
+    page = start_page(tmp_path, bridge.url, port, "keyed", BRIDGE_API_KEY=API_KEY)
+    context = new_context(browser)
+    try:
+        with BridgeClient(bridge.url, api_key=API_KEY) as api:
+            first, session_id = new_chat(context, page)
+            opened = time.monotonic()
+            second = context.new_page()
+            second.goto(page.session_url(session_id))
+            expect(second.locator(LISTENER_OPEN)).to_have_count(1)
+            wait_until(
+                lambda: api.session_info(session_id)["subscribers"] == 2, 15, "two sockets"
+            )
+            api.post_message(session_id, "ai", "before expiry")
+            for tab in (first, second):
+                expect(tab.locator(MESSAGES).filter(has_text="before expiry")).to_have_count(1)
+            # Both tokens are past their expiry: the bridge has closed both sockets.
+            wait_until(lambda: time.monotonic() > opened + ttl + 2, ttl + 10, "token expiry")
+            api.post_message(session_id, "ai", "after expiry")
+            for tab in (first, second):
+                expect(tab.locator(MESSAGES).filter(has_text="after expiry")).to_have_count(1)
+                expect(tab.locator(LISTENER_OPEN)).to_have_count(1)
+            # The bridge does enforce the key: what the tabs got, they got with tokens.
+            with BridgeClient(bridge.url) as anonymous, pytest.raises(BridgeHTTPError) as no:
+                anonymous.session_info(session_id)
+            assert no.value.status == 401
+    finally:
+        context.close()
         page.stop()
