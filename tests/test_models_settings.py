@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,6 +16,7 @@ from bridge.jsontext import dumps
 from bridge.models import MessageIn, StoredMessage, Template, check_session_id
 from bridge.settings import DEFAULT_STORE, Settings
 from bridge.storage import open_storage
+from tests.support import bridge_env
 
 
 @pytest.mark.parametrize("good", ["a", "A-b_c.d:e", "x" * 128, "..a", "a.."])
@@ -128,3 +131,41 @@ def test_message_frames_built_from_its_json_match_generic_encoding(content: str)
     ):
         assert event.frame == dumps(expected)  # same text the generic path would write
         assert event.asgi == {"type": "websocket.send", "text": event.frame}
+
+
+def test_serving_beyond_loopback_needs_a_key_or_an_explicit_flag() -> None:
+    with pytest.raises(InvalidInput, match="without an API key"):
+        Settings.load({}, host="0.0.0.0")
+    assert Settings.load({"BRIDGE_API_KEY": "k" * 32}, host="0.0.0.0").api_key
+    assert Settings.load({"BRIDGE_ALLOW_NO_KEY": "1"}, host="0.0.0.0").allow_no_key
+    assert Settings.load({}, host="127.0.0.2").on_loopback
+    with pytest.raises(InvalidInput, match="not a bool"):
+        Settings.load({"BRIDGE_ALLOW_NO_KEY": "perhaps"})
+    # The real command says so and exits before binding anything.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--store",
+            "memory://",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=bridge_env(),
+    )
+    assert done.returncode == 2
+    assert "refusing to serve on 0.0.0.0 without an API key" in done.stderr
+    assert "--allow-no-key" in done.stderr
+
+
+def test_token_secret_must_be_long_enough() -> None:
+    with pytest.raises(InvalidInput, match="at least 32 bytes"):
+        Settings.load({"BRIDGE_TOKEN_SECRET": "short"})
+    assert Settings.load({"BRIDGE_TOKEN_SECRET": "s" * 32}).token_secret == "s" * 32
