@@ -2,7 +2,8 @@
 
     BridgeError                  500 / 1011  (never raised bare)
     ├── InvalidInput             422 / 1007  bad session id, role, type, JSON shape
-    │   └── PayloadTooLarge      413 / 1009  content or body over the configured limit
+    │   ├── PayloadTooLarge      413 / 1009  content or body over the configured limit
+    │   └── TimedOut             408 / 1008  a streamed body stalled or ran too long
     ├── NotFound                 404 / 4004  unknown session, no message yet
     ├── Unauthorized             401 / 1008  missing or wrong API key / token
     ├── Forbidden                403 / 1008  origin not allowed, token for another session
@@ -27,6 +28,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "StorageUnavailable",
+    "TimedOut",
     "Unauthorized",
 ]
 
@@ -54,6 +56,13 @@ class PayloadTooLarge(InvalidInput):
 
     status = 413
     close_code = 1009
+
+
+class TimedOut(InvalidInput):
+    """A streamed request body sent nothing for too long, or went on too long."""
+
+    status = 408
+    close_code = 1008
 
 
 class NotFound(BridgeError):

@@ -7,7 +7,10 @@ waiting calls when a claim may now succeed, and whom to tell:
   waiting for that session, or for any), the oldest first; the others sleep on. With
   several instances each instance hears the message and wakes one of its own waiters:
   the store's claim decides between them, and a woken waiter that finds nothing (another
-  took it) waits again.
+  took it) waits again. The service also notifies when a Listen lease it granted runs
+  out, so that the unanswered message reaches a call already waiting (no new message
+  would wake it); the woken call's claim, at a later clock reading than the lease's
+  deadline, finds the lease run out and takes the message again.
 - A wake-up is never lost: a waiter is queued before its first claim (a notification
   during that claim makes it claim again), and a waiter that leaves with a wake-up it has
   not spent on a claim (cancelled, timed out, shut down, or it took another session's

@@ -31,6 +31,7 @@ class MessageOut(BaseModel):
 class ListenAnswer(MessageOut):
     """A Listen answer: the message and the session's messages before it."""
 
+    attempt: int = 1
     history: list[MessageOut]
 
 

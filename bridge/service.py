@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from bridge.models import (
 )
 from bridge.paging import history_pages
 from bridge.settings import Settings
-from bridge.storage import Storage
+from bridge.storage import Claimed, Storage
 
 __all__ = ["WELCOME_ID", "BridgeService", "Listened", "SessionView", "history_pages"]
 
@@ -53,15 +54,18 @@ _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 
 @dataclass(frozen=True, slots=True)
 class Listened:
-    """What a Listen call receives: the claimed message and the messages before it."""
+    """What a Listen call receives: the claimed message, the messages before it, and
+    which attempt this is (1, or more when earlier claims went unanswered)."""
 
     message: StoredMessage
     history: list[StoredMessage]
+    attempt: int = 1
 
     def to_dict(self) -> dict[str, object]:
-        """The documented Listen answer (plus id, seq and created_at)."""
+        """The documented Listen answer (plus id, seq, created_at and attempt)."""
         return {
             **self.message.to_dict(),
+            "attempt": self.attempt,
             "history": [m.to_dict() for m in self.history],
         }
 
@@ -410,8 +414,12 @@ class BridgeService:
     # -- Listen --------------------------------------------------------------------------
 
     async def listen(self, session_id: str | None, timeout: float | None) -> Listened | None:
-        """The oldest user message no Listen call has had yet (of one session or of any),
-        waiting up to `timeout` seconds (capped by settings); None if none came."""
+        """The next user message for Listen (of one session or of any), waiting up to
+        `timeout` seconds (capped by settings); None if none came.
+
+        That is a message whose earlier claim went unanswered for `listen_lease_s` (no
+        `ai` message in its session since), if any has attempts left, else the oldest
+        user message no Listen call has had yet."""
         if session_id is not None:
             check_session_id(session_id)
         wait = self.settings.listen_timeout_default_s if timeout is None else timeout
@@ -420,16 +428,17 @@ class BridgeService:
         wait = min(wait, self.settings.listen_timeout_max_s)
         self.metrics.listen_waiting.inc()
         try:
-            message = await self._listen.wait(
+            claimed = await self._listen.wait(
                 session_id,
-                lambda: self.storage.claim_listen(session_id),
+                lambda: self._claim(session_id),
                 self.storage.release_listen,
                 wait,
             )
         finally:
             self.metrics.listen_waiting.dec()
-        if message is None:
+        if claimed is None:
             return None
+        message = claimed.message
         try:
             history = await self.storage.history(
                 message.session_id, before=message.seq, last=self.settings.listen_history_limit
@@ -437,17 +446,53 @@ class BridgeService:
         except BaseException:
             # Claimed but not handed out (the store failed, or the caller hung up):
             # give it back so that the next Listen call gets it.
-            await asyncio.shield(self._release(message))
+            await asyncio.shield(self._release(claimed))
             raise
-        return Listened(message, history)
+        return Listened(message, history, claimed.attempt)
+
+    async def _claim(self, session_id: str | None) -> Claimed | None:
+        """One claim in the store; report the leases it gave up, and arrange for a
+        waiting Listen call to be woken when the new lease runs out."""
+        outcome = await self.storage.claim_listen(session_id)
+        for lost in outcome.dropped:
+            log.warning(
+                "Listen message seq %d of session %r is given up unanswered after %d "
+                "attempt(s) (BRIDGE_LISTEN_ATTEMPTS_MAX=%d, BRIDGE_LISTEN_LEASE_S=%g)",
+                lost.seq,
+                lost.session_id,
+                lost.attempts,
+                self.settings.listen_attempts_max,
+                self.settings.listen_lease_s,
+            )
+        claimed = outcome.claimed
+        lease = self.settings.listen_lease_s
+        if claimed is not None and lease > 0:
+            # If nobody answers, the message may be claimed again once the lease runs
+            # out; a call already waiting must hear of it then, as no new message will
+            # wake it. An answer before that makes this wake-up find nothing (harmless).
+            due = time.time() + lease  # not before the store's deadline: read after it
+            asyncio.get_running_loop().call_later(
+                lease, self._lease_ran_out, claimed.session_id, due
+            )
+        return claimed
+
+    def _lease_ran_out(self, session_id: str, due: float) -> None:
+        # The timer runs on the loop's monotonic clock, leases on the wall clock: if the
+        # two drifted apart (NTP slewing), wait out the rest rather than wake a call
+        # whose claim would not find the lease expired yet.
+        left = due - time.time()
+        if left > 0:
+            asyncio.get_running_loop().call_later(left, self._lease_ran_out, session_id, due)
+            return
+        self._listen.notify(session_id)
 
     async def release(self, listened: Listened) -> None:
         """Give back a message a Listen call claimed but could not deliver."""
-        await asyncio.shield(self._release(listened.message))
+        await asyncio.shield(self._release(Claimed(listened.message, listened.attempt)))
 
-    async def _release(self, message: StoredMessage) -> None:
-        await self.storage.release_listen(message)
-        self._listen.notify(message.session_id)  # a call waiting here may take it now
+    async def _release(self, claimed: Claimed) -> None:
+        await self.storage.release_listen(claimed)
+        self._listen.notify(claimed.session_id)  # a call waiting here may take it now
 
     # -- template ------------------------------------------------------------------------
 

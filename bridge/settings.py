@@ -44,6 +44,10 @@ class Settings:
     listen_timeout_max_s: float = 600.0
     listen_history_limit: int = 100
     listen_waiters_max: int = 1000
+    # A claimed Listen message not answered (no `ai` message in its session) within this
+    # many seconds is offered again, at most `listen_attempts_max` claims in all; 0 = off.
+    listen_lease_s: float = 300.0
+    listen_attempts_max: int = 3
     presence_interval_s: float = 0.25
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 20.0
@@ -62,6 +66,7 @@ class Settings:
     sessions_max: int = 100_000
     list_limit_max: int = 10_000
     stream_idle_timeout_s: float = 60.0
+    stream_max_s: float = 3600.0
     stream_coalesce_s: float = 0.02
     token_secret: str | None = None
     allow_no_key: bool = False
@@ -95,6 +100,7 @@ class Settings:
             "listen_timeout_max_s": (0, 86400),
             "listen_history_limit": (0, 100_000),
             "listen_waiters_max": (1, 100_000),
+            "listen_attempts_max": (1, 100),
             "presence_interval_s": (0, 60),
             "ping_interval_s": (0, 3600),
             "ping_timeout_s": (0, 3600),
@@ -110,12 +116,19 @@ class Settings:
             "sessions_max": (1, 100_000_000),
             "list_limit_max": (1, 1_000_000),
             "stream_idle_timeout_s": (0.1, 86400),
+            "stream_max_s": (1, 7 * 86400),
             "stream_coalesce_s": (0, 1),
         }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not low <= value <= high:
                 raise InvalidInput(f"setting {name}={value} is outside {low}..{high}")
+        if self.listen_lease_s != 0 and not 1 <= self.listen_lease_s <= 86400:
+            # 0 turns leases off; a lease below a second would re-offer messages to a flow
+            # that is still answering them.
+            raise InvalidInput(
+                f"setting listen_lease_s={self.listen_lease_s} is outside 1..86400 (or 0 = off)"
+            )
         if self.token_secret is not None and len(self.token_secret.encode()) < 32:
             raise InvalidInput("setting token_secret must be at least 32 bytes (256 bits)")
         if not self.allow_no_key and not self.api_key and not self.on_loopback:

@@ -12,6 +12,7 @@ from bridge.errors import RateLimited
 from bridge.listen import ListenBoard
 from bridge.models import Draft, StoredMessage
 from bridge.ordering import KeyedLocks
+from bridge.storage import Claimed
 from bridge.storage.memory import MemoryStorage
 
 
@@ -32,22 +33,31 @@ class Listens:
         self.started = 0
 
     def claim_of(
-        self, name: str, session_id: str | None
-    ) -> Callable[[], Awaitable[StoredMessage | None]]:
-        async def claim() -> StoredMessage | None:
+        self, name: str, session_id: str | None, now: Callable[[], float | None] = lambda: None
+    ) -> Callable[[], Awaitable[Claimed | None]]:
+        """A claim for call `name`, at the store clock reading `now()` (None: real time)."""
+
+        async def claim() -> Claimed | None:
             self.claims[name] += 1
-            return await self.store.claim_listen(session_id)
+            return (await self.store.claim_listen(session_id, now())).claimed
 
         return claim
 
     def start(
-        self, name: str, session_id: str | None, timeout: float = 10
-    ) -> asyncio.Task[StoredMessage | None]:
+        self,
+        name: str,
+        session_id: str | None,
+        timeout: float = 10,
+        now: Callable[[], float | None] = lambda: None,
+    ) -> asyncio.Task[Claimed | None]:
         """One Listen call (see `parked`)."""
         self.started += 1
         return asyncio.create_task(
             self.board.wait(
-                session_id, self.claim_of(name, session_id), self.store.release_listen, timeout
+                session_id,
+                self.claim_of(name, session_id, now),
+                self.store.release_listen,
+                timeout,
             ),
             name=name,
         )
@@ -63,8 +73,9 @@ class Listens:
         return appended.message
 
 
-def _listens(max_waiters: int = 100) -> Listens:
-    return Listens(ListenBoard(max_waiters=max_waiters), MemoryStorage())
+def _listens(max_waiters: int = 100, listen_lease_s: float = 300.0) -> Listens:
+    store = MemoryStorage(listen_lease_s=listen_lease_s)
+    return Listens(ListenBoard(max_waiters=max_waiters), store)
 
 
 async def test_waiters_woken_each_item_claimed_once() -> None:
@@ -74,7 +85,7 @@ async def test_waiters_woken_each_item_claimed_once() -> None:
     for item in ("1", "2", "3"):
         await on.post("s", item)
     got = await asyncio.gather(*waiters)
-    assert sorted(m.content for m in got if m is not None) == ["1", "2", "3"]
+    assert sorted(m.message.content for m in got if m is not None) == ["1", "2", "3"]
 
 
 async def test_timeout_returns_none_and_limit_refuses() -> None:
@@ -95,13 +106,13 @@ async def test_a_message_wakes_one_eligible_waiter_the_oldest_and_no_other() -> 
     assert sum(on.claims.values()) == 23  # each claimed once on arrival
     await on.post("mine", "hello")
     got = await mine[0]
-    assert got is not None and got.content == "hello"
+    assert got is not None and got.message.content == "hello"
     # Exactly one more claim, by the oldest waiter of that session; nobody else stirred.
     assert sum(on.claims.values()) == 24 and on.claims["mine0"] == 2
     assert on.board.waiting == 22
     await on.post("other7", "for seven")
     seven = await others[7]
-    assert seven is not None and seven.content == "for seven"
+    assert seven is not None and seven.message.content == "for seven"
     assert sum(on.claims.values()) == 25
     on.board.close()
     await asyncio.gather(*others, *mine[1:])
@@ -115,10 +126,10 @@ async def test_a_waiter_for_any_session_is_eligible_oldest_first() -> None:
     await on.parked(2)
     await on.post("mine", "first")  # the waiter for any session came first
     got = await anyone
-    assert got is not None and got.content == "first" and on.claims["mine"] == 1
+    assert got is not None and got.message.content == "first" and on.claims["mine"] == 1
     await on.post("mine", "second")
     got = await mine
-    assert got is not None and got.content == "second"
+    assert got is not None and got.message.content == "second"
 
 
 async def test_a_woken_waiter_that_finds_nothing_waits_again() -> None:
@@ -139,7 +150,7 @@ async def test_a_woken_waiter_that_finds_nothing_waits_again() -> None:
     await store.append("s", Draft.build("user", "two"), ())
     loser_board.notify("s")
     got = await loser
-    assert got is not None and got.content == "two"
+    assert got is not None and got.message.content == "two"
 
 
 async def test_a_woken_waiter_cancelled_before_it_claims_hands_the_wake_on() -> None:
@@ -154,7 +165,7 @@ async def test_a_woken_waiter_cancelled_before_it_claims_hands_the_wake_on() -> 
     with pytest.raises(asyncio.CancelledError):
         await first
     got = await second
-    assert got is not None and got.content == "hello"
+    assert got is not None and got.message.content == "hello"
     assert on.claims["first"] == 1  # left without claiming
 
 
@@ -170,7 +181,7 @@ async def test_a_waiter_cancelled_while_it_waits_leaves_without_claiming() -> No
     on.board.notify("s")
     assert on.claims["gone"] == 1
     nxt = await on.board.wait(None, on.claim_of("next", None), on.store.release_listen, 1)
-    assert nxt is not None and nxt.content == "kept"
+    assert nxt is not None and nxt.message.content == "kept"
 
 
 async def test_a_message_claimed_by_a_cancelled_call_is_released_to_the_next() -> None:
@@ -178,8 +189,8 @@ async def test_a_message_claimed_by_a_cancelled_call_is_released_to_the_next() -
     claimed = asyncio.Event()
     gate = asyncio.Event()
 
-    async def slow_claim() -> StoredMessage | None:
-        found = await on.store.claim_listen("s")
+    async def slow_claim() -> Claimed | None:
+        found = (await on.store.claim_listen("s")).claimed
         if found is not None:
             claimed.set()
             await gate.wait()  # the store has handed it out; the answer is on its way
@@ -196,7 +207,7 @@ async def test_a_message_claimed_by_a_cancelled_call_is_released_to_the_next() -
     await on.parked(1)
     gate.set()  # the shielded claim finishes; its message goes back and wakes `later`
     got = await later
-    assert got is not None and got.content == "precious"
+    assert got is not None and got.message.content == "precious"
 
 
 async def test_a_released_message_goes_to_a_new_listen_too() -> None:
@@ -204,8 +215,8 @@ async def test_a_released_message_goes_to_a_new_listen_too() -> None:
     gate = asyncio.Event()
     claimed = asyncio.Event()
 
-    async def slow_claim() -> StoredMessage | None:
-        found = await on.store.claim_listen(None)
+    async def slow_claim() -> Claimed | None:
+        found = (await on.store.claim_listen(None)).claimed
         if found is not None:
             claimed.set()
             await gate.wait()
@@ -217,9 +228,9 @@ async def test_a_released_message_goes_to_a_new_listen_too() -> None:
     hung_up.cancel()
     with pytest.raises(asyncio.CancelledError):
         await hung_up
-    assert await on.store.claim_listen(None) is None  # still with the cancelled claim
+    assert (await on.store.claim_listen(None)).claimed is None  # with the cancelled claim
     gate.set()
-    got: list[StoredMessage | None] = []
+    got: list[Claimed | None] = []
 
     async def listen_once() -> bool:
         got.append(await on.board.wait(None, on.claim_of("n", None), on.store.release_listen, 0))
@@ -228,7 +239,7 @@ async def test_a_released_message_goes_to_a_new_listen_too() -> None:
     async with asyncio.timeout(5):
         while not await listen_once():
             await asyncio.sleep(0)  # the release is one store call away
-    assert got[-1] is not None and got[-1].content == "precious"
+    assert got[-1] is not None and got[-1].message.content == "precious"
 
 
 async def test_a_waiter_that_took_another_sessions_message_hands_the_wake_on() -> None:
@@ -241,9 +252,11 @@ async def test_a_waiter_that_took_another_sessions_message_hands_the_wake_on() -
     older = await on.store.append("elsewhere", Draft.build("user", "older"), ())
     await on.post("mine", "for mine")  # wakes `any`, the oldest eligible ...
     took = await anyone
-    assert took == older.message  # ... which takes the oldest message of any session
+    assert (
+        took is not None and took.message == older.message
+    )  # ... which takes the oldest message of any session
     got = await mine  # so the wake-up went on to the waiter for "mine"
-    assert got is not None and got.content == "for mine"
+    assert got is not None and got.message.content == "for mine"
 
 
 async def test_a_notification_during_the_first_claim_is_not_lost() -> None:
@@ -252,10 +265,10 @@ async def test_a_notification_during_the_first_claim_is_not_lost() -> None:
     gate = asyncio.Event()
     calls = 0
 
-    async def claim() -> StoredMessage | None:
+    async def claim() -> Claimed | None:
         nonlocal calls
         calls += 1
-        found = await on.store.claim_listen("s")
+        found = (await on.store.claim_listen("s")).claimed
         if calls == 1:
             looked.set()
             await gate.wait()  # found nothing; the message arrives before it answers
@@ -266,7 +279,7 @@ async def test_a_notification_during_the_first_claim_is_not_lost() -> None:
     await on.post("s", "just now")
     gate.set()
     got = await waiter
-    assert got is not None and got.content == "just now" and calls == 2
+    assert got is not None and got.message.content == "just now" and calls == 2
 
 
 async def test_close_answers_every_waiter_and_new_ones_without_claiming() -> None:
@@ -278,7 +291,7 @@ async def test_close_answers_every_waiter_and_new_ones_without_claiming() -> Non
     await on.store.append("s", Draft.build("user", "late"), ())
     assert await on.board.wait(None, on.claim_of("late", None), on.store.release_listen, 5) is None
     assert on.claims["late"] == 0 and on.board.waiting == 0
-    assert await on.store.claim_listen(None) is not None  # kept for after the restart
+    assert (await on.store.claim_listen(None)).claimed is not None  # kept for the restart
 
 
 async def test_waiters_that_leave_leave_nothing_behind() -> None:
@@ -337,3 +350,20 @@ async def test_keyed_locks_forget_a_waiter_cancelled_before_its_turn() -> None:
     assert len(locks) == 0
     async with locks("k"):  # the key is usable again
         assert len(locks) == 1
+
+
+async def test_a_waiter_woken_when_a_lease_runs_out_takes_the_message_again() -> None:
+    # The service wakes a waiter of the session when a lease it granted runs out (no new
+    # message comes to do it); that waiter's claim must then find the message.
+    clock = [1_000_000.0]  # the store's clock, moved by hand
+    on = _listens(listen_lease_s=10)
+    await on.post("s", "unanswered")
+    first = await on.start("run 1", "s", 0, now=lambda: clock[0])
+    assert first is not None and first.attempt == 1
+    again = on.start("run 2", "s", now=lambda: clock[0])
+    await on.parked(1)  # it claimed once and found nothing: the message is leased
+    clock[0] += 10  # nobody answered within the lease
+    on.board.notify("s")  # what the service's lease timer does
+    got = await again
+    assert got is not None and got.message == first.message and got.attempt == 2
+    assert on.claims["run 2"] == 2

@@ -8,16 +8,30 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import InvalidInput, QuotaExceeded
-from bridge.models import Draft, Template
+from bridge.models import Draft, StoredMessage, Template
+from bridge.storage import Claimed, DroppedLease, ListenClaim, Storage
 from tests.storage_backends import BACKENDS, opened
 
 pytestmark = pytest.mark.parametrize("kind", BACKENDS)
 
 WELCOME = (Draft.build("ai", "welcome"),)
+T0 = 1_000_000.0  # the store clock of the lease tests: `now` is passed, nobody sleeps
 
 
 def _draft(content: str, role: str = "user", key: str | None = None) -> Draft:
     return Draft.build(role, content, key=key)
+
+
+async def _claim(store: Storage, session_id: str | None = None) -> StoredMessage | None:
+    """The message a claim hands out, or None."""
+    claimed = (await store.claim_listen(session_id)).claimed
+    return None if claimed is None else claimed.message
+
+
+async def _at(store: Storage, now: float, session_id: str | None = None) -> tuple[str, int] | None:
+    """(content, attempt) of what a claim at store time `now` hands out, or None."""
+    claimed = (await store.claim_listen(session_id, now)).claimed
+    return None if claimed is None else (claimed.message.content, claimed.attempt)
 
 
 async def test_append_creates_session_with_seed_and_contiguous_seqs(
@@ -107,9 +121,9 @@ async def test_delete_and_reset(kind: str, tmp_path: Path) -> None:
         assert await store.delete_session("d1")
         assert not await store.delete_session("d1")
         assert await store.history("d1") == [] and await store.sessions() == ["d2"]
-        assert await store.claim_listen("d1") is None
+        assert await _claim(store, "d1") is None
         await store.reset()
-        assert await store.sessions() == [] and await store.claim_listen(None) is None
+        assert await store.sessions() == [] and await _claim(store) is None
         again = await store.append("d2", _draft("z"), WELCOME)
         assert again.message.seq == 2  # a new history starts at 1 again
 
@@ -120,12 +134,12 @@ async def test_listen_claims_each_user_message_once_in_order(kind: str, tmp_path
         await store.append("l1", _draft("bot", role="ai"), WELCOME)
         await store.append("l2", _draft("second"), WELCOME)
         await store.append("l1", _draft("third"), WELCOME)
-        only_l2 = await store.claim_listen("l2")
+        only_l2 = await _claim(store, "l2")
         assert only_l2 is not None and only_l2.content == "second"
-        claimed = await asyncio.gather(*(store.claim_listen(None) for _ in range(4)))
+        claimed = await asyncio.gather(*(_claim(store) for _ in range(4)))
         contents = sorted(m.content for m in claimed if m is not None)
         assert contents == ["first", "third"]
-        assert await store.claim_listen(None) is None
+        assert await _claim(store) is None
 
 
 async def test_template_roundtrip(kind: str, tmp_path: Path) -> None:
@@ -190,7 +204,7 @@ async def test_concurrent_appends_over_many_sessions(kind: str, tmp_path: Path) 
             assert [m.seq for m in await store.history(session)] == [1, *mine]
         user = sorted(r.message.id for _, r in fresh if r.message.role == "user")
         claimed = []
-        while (m := await store.claim_listen(None)) is not None:
+        while (m := await _claim(store)) is not None:
             claimed.append(m.id)
         assert sorted(claimed) == user  # each once
 
@@ -234,10 +248,10 @@ async def test_a_listen_flood_evicts_only_its_own_sessions_oldest(
             await store.append("flood", _draft(f"f{i}"), WELCOME)
         # A flood of concurrent appends (one group in SQLite) is bounded the same way.
         await asyncio.gather(*(store.append("flood", _draft(f"g{i}"), WELCOME) for i in range(9)))
-        quiet = await store.claim_listen("quiet")
+        quiet = await _claim(store, "quiet")
         assert quiet is not None and quiet.content == "keep me"
         kept = []
-        while (m := await store.claim_listen(None)) is not None:
+        while (m := await _claim(store)) is not None:
             kept.append(m)
         assert [m.session_id for m in kept] == ["flood"] * 5
         assert [m.seq for m in kept] == list(range(18, 23))  # the newest 5, oldest first
@@ -250,16 +264,16 @@ async def test_a_released_message_is_claimed_next_and_only_once(
         await store.append("s", _draft("u1"), WELCOME)
         await store.append("s", _draft("u2"), WELCOME)
         await store.append("t", _draft("t1"), WELCOME)
-        first = await store.claim_listen(None)
-        assert first is not None and first.content == "u1"
+        first = (await store.claim_listen(None)).claimed
+        assert first is not None and first.message.content == "u1"
         await store.release_listen(first)
         await store.release_listen(first)  # a second release does not make a second copy
-        assert await store.claim_listen("s") == first  # front of its session's queue
+        assert (await store.claim_listen("s")).claimed == first  # front of its session's queue
         await store.append("s", _draft("u3"), WELCOME)  # s is at its bound (u2, u3)
         await store.release_listen(first)
-        assert await store.claim_listen(None) == first  # front of every session's queue too
+        assert (await store.claim_listen(None)).claimed == first  # front of every queue too
         rest = []
-        while (m := await store.claim_listen(None)) is not None:
+        while (m := await _claim(store)) is not None:
             rest.append(m.content)
         assert rest == ["u2", "t1", "u3"]  # a release evicted nothing
 
@@ -269,15 +283,15 @@ async def test_a_release_of_a_message_no_longer_held_does_nothing(
 ) -> None:
     async with opened(kind, tmp_path) as store:
         await store.append("gone", _draft("old"), WELCOME)
-        claimed = await store.claim_listen("gone")
+        claimed = (await store.claim_listen("gone")).claimed
         assert claimed is not None
         await store.delete_session("gone")
         await store.release_listen(claimed)  # deleted: not brought back
-        assert await store.claim_listen(None) is None
+        assert await _claim(store) is None
         again = await store.append("gone", _draft("new", role="ai"), WELCOME)
-        assert again.message.seq == claimed.seq  # a new session, another message there
+        assert again.message.seq == claimed.message.seq  # a new session, another message
         await store.release_listen(claimed)
-        assert await store.claim_listen(None) is None
+        assert await _claim(store) is None
 
 
 async def test_sessions_beyond_the_quota_are_refused_and_nothing_is_stored(
@@ -303,8 +317,8 @@ async def test_sessions_beyond_the_quota_are_refused_and_nothing_is_stored(
                     assert await store.session_info(name) is None
                     assert await store.history(name) == []
         winner_posted = held[2].startswith("post")
-        assert (await store.claim_listen(None) is not None) == winner_posted
-        assert await store.claim_listen(None) is None  # no refused message reached Listen
+        assert (await _claim(store) is not None) == winner_posted
+        assert await _claim(store) is None  # no refused message reached Listen
         # Existing sessions go on; a known session is no new session.
         assert not (await store.append("a", _draft("more"), WELCOME)).duplicate
         assert await store.create_session("b", WELCOME) is None
@@ -331,3 +345,143 @@ async def test_sessions_are_listed_in_pages(kind: str, tmp_path: Path) -> None:
         for bad in ({"offset": -1}, {"limit": -1}):
             with pytest.raises(InvalidInput):
                 await store.sessions(**bad)
+
+
+# -- Listen leases (a claimed message nobody answered is offered again) ----------------
+
+
+async def test_an_unanswered_claim_is_offered_again_until_its_attempts_are_used_up(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10, listen_attempts_max=3) as store:
+        posted = await store.append("s", _draft("hello"), WELCOME)
+        seq = posted.message.seq
+        assert await _at(store, T0, "s") == ("hello", 1)
+        assert await _at(store, T0 + 9.9) is None  # leased: nobody else gets it
+        assert await _at(store, T0 + 10, "s") == ("hello", 2)  # the lease ran out
+        assert await _at(store, T0 + 19.9) is None  # leased again, from the new claim on
+        assert await _at(store, T0 + 20, "other") is None  # a claim of another session
+        assert await _at(store, T0 + 20) == ("hello", 3)
+        last = await store.claim_listen("s", T0 + 30)  # the third went unanswered too
+        assert last.claimed is None
+        assert last.dropped == (DroppedLease("s", seq, 3),)
+        again = await store.claim_listen(None, T0 + 1000)
+        assert again.claimed is None and again.dropped == ()  # dropped and reported once
+        # Its history stays; only Listen is done with it.
+        assert [m.content for m in await store.history("s")] == ["welcome", "hello"]
+
+
+async def test_an_ai_message_acknowledges_every_lease_of_its_session(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        for session, content in (("s", "s1"), ("s", "s2"), ("t", "t1")):
+            await store.append(session, _draft(content), WELCOME)
+        assert await _at(store, T0) == ("s1", 1)
+        assert await _at(store, T0 + 1) == ("s2", 1)
+        assert await _at(store, T0 + 2) == ("t1", 1)
+        await store.append("s", _draft("later", role="user"), WELCOME)  # no answer
+        await store.append("s", _draft("the answer", role="ai"), WELCOME)
+        assert await _at(store, T0 + 100) == ("t1", 2)  # s's leases are gone, t's is not
+        assert await _at(store, T0 + 101) == ("later", 1)  # claimed after the answer
+        await store.append("s", _draft("another answer", role="ai"), WELCOME)
+        assert await _at(store, T0 + 1000) == ("t1", 3)
+        assert await _at(store, T0 + 1001) is None
+
+
+async def test_run_out_leases_come_first_oldest_first_within_the_claims_session(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        await store.append("s", _draft("a"), WELCOME)
+        await store.append("t", _draft("b"), WELCOME)
+        assert await _at(store, T0) == ("a", 1)
+        assert await _at(store, T0 + 1) == ("b", 1)
+        await store.append("s", _draft("c"), WELCOME)
+        await store.append("t", _draft("d"), WELCOME)
+        assert await _at(store, T0 + 50, "t") == ("b", 2)  # t's, though s's ran out first
+        assert await _at(store, T0 + 51) == ("a", 2)  # before the backlog's older "c"
+        assert await _at(store, T0 + 52) == ("c", 1)
+        assert await _at(store, T0 + 53) == ("d", 1)
+        assert await _at(store, T0 + 54) is None
+
+
+async def test_a_release_drops_the_lease_and_does_not_count_the_attempt(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10, listen_attempts_max=3) as store:
+        await store.append("s", _draft("u1"), WELCOME)
+        first = (await store.claim_listen(None, T0)).claimed
+        assert first is not None and first.attempt == 1
+        await store.release_listen(first)
+        assert (await store.claim_listen("s", T0 + 1)).claimed == first  # attempt 1 again
+        second = (await store.claim_listen(None, T0 + 11)).claimed  # its lease ran out
+        assert second == Claimed(first.message, 2)
+        await store.release_listen(second)
+        # Back at the front of the backlog, with no lease left to run out as well.
+        assert await _at(store, T0 + 500) == ("u1", 2)
+        assert await _at(store, T0 + 501) is None
+        third = (await store.claim_listen("s", T0 + 510)).claimed
+        assert third == Claimed(first.message, 3)
+        await store.release_listen(second)  # a stale attempt: claimed again since
+        assert await _at(store, T0 + 511) is None  # still leased to the third attempt
+        last = await store.claim_listen(None, T0 + 520)
+        assert last.claimed is None and [d.attempts for d in last.dropped] == [3]
+
+
+async def test_deleting_or_resetting_sessions_drops_their_leases(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        await store.append("d", _draft("old"), WELCOME)
+        await store.append("r", _draft("old r"), WELCOME)
+        assert await _at(store, T0) == ("old", 1)
+        assert await _at(store, T0 + 1) == ("old r", 1)
+        assert await store.delete_session("d")
+        again = await store.append("d", _draft("new"), WELCOME)  # the same seq as "old"
+        # The lease of "old" went with its session: no second attempt for "new".
+        assert await _at(store, T0 + 100) == ("old r", 2)
+        outcome = await store.claim_listen(None, T0 + 101)
+        assert outcome == ListenClaim(Claimed(again.message, 1), ())
+        assert await _at(store, T0 + 102) is None
+        await store.reset()
+        await store.append("r", _draft("new r"), WELCOME)  # the same seq as "old r"
+        assert await _at(store, T0 + 200) == ("new r", 1)
+        assert await _at(store, T0 + 1000) == ("new r", 2)  # only the new lease is left
+        assert await _at(store, T0 + 1001) is None
+
+
+async def test_leases_are_bounded_per_session_like_the_backlog(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10, listen_backlog_per_session=2) as store:
+        seqs = []
+        for i in range(3):
+            seqs.append((await store.append("s", _draft(f"u{i}"), WELCOME)).message.seq)
+            outcome = await store.claim_listen("s", T0 + i)
+            assert outcome.claimed is not None and outcome.claimed.attempt == 1
+        assert outcome.dropped == (DroppedLease("s", seqs[0], 1),)  # the oldest lease went
+        await store.append("t", _draft("t0"), WELCOME)
+        assert await _at(store, T0 + 3) == ("t0", 1)  # another session's bound is its own
+        assert await _at(store, T0 + 100) == ("u1", 2)
+        assert await _at(store, T0 + 101) == ("u2", 2)
+        assert await _at(store, T0 + 102) == ("t0", 2)
+        assert await _at(store, T0 + 103) is None
+
+
+async def test_a_lease_of_zero_turns_leases_off(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=0) as store:
+        await store.append("s", _draft("once"), WELCOME)
+        assert await _at(store, T0) == ("once", 1)
+        assert await _at(store, T0 + 10**6) is None  # handed out once, as before leases
+
+
+async def test_leases_survive_a_reopen(kind: str, tmp_path: Path) -> None:
+    if kind == "memory":
+        pytest.skip("memory:// keeps nothing across a reopen by design")
+    async with opened(kind, tmp_path, keep=True, listen_lease_s=10) as store:
+        await store.append("p", _draft("asked"), WELCOME)
+        await store.append("q", _draft("asked q"), WELCOME)
+        assert await _at(store, T0, "p") == ("asked", 1)
+        assert await _at(store, T0 + 1, "q") == ("asked q", 1)
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        # A new process knows nothing of them: the answer and the claim read the store.
+        await store.append("q", _draft("answered", role="ai"), WELCOME)
+        assert await _at(store, T0 + 100) == ("asked", 2)
+        assert await _at(store, T0 + 101) is None

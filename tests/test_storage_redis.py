@@ -128,10 +128,11 @@ async def test_listen_backlog_is_bounded_per_session_and_keeps_the_newest(prefix
         assert await admin.zcard(f"{prefix}:listen") == 6
         assert await admin.lrange(f"{prefix}:s:b0:listen", 0, -1) == [b"2", b"3", b"4"]
         claimed = []
-        while (m := await store.claim_listen(None)) is not None:
-            claimed.append(m.content)
+        while (m := (await store.claim_listen(None)).claimed) is not None:
+            claimed.append(m.message.content)
         assert claimed == ["2", "3", "4", "5", "6", "7"]
-        assert await store.claim_listen("b0") is None and await store.claim_listen("b1") is None
+        for session in ("b0", "b1"):
+            assert (await store.claim_listen(session)).claimed is None
     finally:
         await admin.aclose()
         await store.close()
@@ -147,7 +148,7 @@ async def test_two_stores_on_one_prefix_share_seqs_and_claims(prefix: str) -> No
         )
         assert sorted(r.message.seq for r in results) == list(range(1, 51))
         claims = await asyncio.gather(*(s.claim_listen("shared") for s in [a, b] * 30))
-        got = [m.seq for m in claims if m is not None]
+        got = [c.claimed.message.seq for c in claims if c.claimed is not None]
         assert sorted(got) == list(range(1, 51))  # each exactly once, none lost
     finally:
         await a.close()
@@ -203,3 +204,44 @@ async def test_instances_on_one_prefix_share_the_token_secret_and_restore_it(
         await admin.aclose()
         await a.close()
         await b.close()
+
+
+T0 = 1_000_000.0  # the store clock of the lease tests: `now` is passed, nobody sleeps
+
+
+async def test_an_instance_takes_over_the_lease_of_one_that_died(prefix: str) -> None:
+    died, alive = await _open(prefix, listen_lease_s=10), await _open(prefix, listen_lease_s=10)
+    try:
+        await alive.append("s", Draft.build("user", "asked"), ())
+        taken = (await died.claim_listen(None, T0)).claimed
+        assert taken is not None and taken.attempt == 1
+        await died.close()  # its run, and its timer, die with it
+        assert (await alive.claim_listen("s", T0 + 5)).claimed is None  # still leased
+        again = (await alive.claim_listen(None, T0 + 10)).claimed
+        assert again is not None and (again.message, again.attempt) == (taken.message, 2)
+    finally:
+        await alive.close()
+
+
+async def test_answers_deletes_and_resets_leave_no_lease_keys(prefix: str) -> None:
+    store = await _open(prefix, listen_lease_s=10)
+    admin = aioredis.Redis.from_url(REDIS)
+    try:
+        for session in ("a", "b", "c"):
+            await store.append(session, Draft.build("user", "q"), ())
+            await store.append(session, Draft.build("user", "q2"), ())
+            assert (await store.claim_listen(session, T0)).claimed is not None
+        assert await admin.zcard(f"{prefix}:leases") == 3
+        assert await admin.hgetall(f"{prefix}:s:a:tries") == {b"1": b"1"}
+        await store.append("a", Draft.build("ai", "answer"), ())
+        assert not await admin.exists(f"{prefix}:s:a:leases", f"{prefix}:s:a:tries")
+        assert await admin.zrange(f"{prefix}:leases", 0, -1) == [b"b 1", b"c 1"]
+        await store.delete_session("b")
+        assert not await admin.exists(f"{prefix}:s:b:leases", f"{prefix}:s:b:tries")
+        assert await admin.zrange(f"{prefix}:leases", 0, -1) == [b"c 1"]
+        await store.reset()
+        left = [k async for k in admin.scan_iter(match=f"{prefix}:*")]
+        assert sorted(left) == [f"{prefix}:epoch".encode()]
+    finally:
+        await admin.aclose()
+        await store.close()

@@ -10,6 +10,7 @@ import pytest
 
 from bridge.errors import QuotaExceeded, StorageUnavailable
 from bridge.models import Draft
+from bridge.storage import Claimed
 from bridge.storage.sqlite import SqliteStorage
 from bridge.storage.sqlite_txn import SeqCache
 
@@ -179,7 +180,7 @@ async def test_groups_of_any_size_insert_every_row(tmp_path: Path, rows: int) ->
         }
         assert stored == history and len(stored) == rows + min(rows, 9)
         claimed = 0
-        while await store.claim_listen(None) is not None:
+        while (await store.claim_listen(None)).claimed is not None:
             claimed += 1
         assert claimed == rows  # every user message reached the Listen backlog
     finally:
@@ -242,8 +243,8 @@ async def test_the_listen_bound_holds_across_reopen_and_cache_eviction(tmp_path:
         for i in range(4):
             await store.append("s", _draft(f"s{i}"), WELCOME)
             await store.append("t", _draft(f"t{i}"), WELCOME)  # pushes "s" out of the cache
-        claimed = await store.claim_listen("s")
-        assert claimed is not None and claimed.content == "s1"
+        claimed = (await store.claim_listen("s")).claimed
+        assert claimed is not None and claimed.message.content == "s1"
     finally:
         await store.close()
     reopened = await _open(tmp_path / "l.db", listen_backlog_per_session=3)
@@ -251,8 +252,104 @@ async def test_the_listen_bound_holds_across_reopen_and_cache_eviction(tmp_path:
         await reopened.append("s", _draft("s4"), WELCOME)  # 2 left + 1: no eviction
         await reopened.append("t", _draft("t4"), WELCOME)  # 3 + 1: t1 goes
         contents = []
-        while (m := await reopened.claim_listen(None)) is not None:
-            contents.append(m.content)
+        while (m := (await reopened.claim_listen(None)).claimed) is not None:
+            contents.append(m.message.content)
         assert contents == ["s2", "t2", "s3", "t3", "s4", "t4"]
     finally:
         await reopened.close()
+
+
+T0 = 1_000_000.0  # the store clock of the lease tests: `now` is passed, nobody sleeps
+
+
+class _Statements:
+    """The SQL the writer connection runs, as SQLite traces it (on the writer thread)."""
+
+    def __init__(self, store: SqliteStorage) -> None:
+        self.seen: list[str] = []
+        assert store._wconn is not None
+        store._wconn.set_trace_callback(self.seen.append)
+
+    def take(self) -> list[str]:
+        """What ran since the last call, without the transaction's BEGIN and COMMIT."""
+        seen = [s for s in self.seen if s not in ("BEGIN IMMEDIATE", "COMMIT")]
+        self.seen.clear()  # the same list: the callback holds its bound `append`
+        return seen
+
+
+async def test_an_answer_costs_one_delete_with_a_lease_and_nothing_without(
+    tmp_path: Path,
+) -> None:
+    store = await _open(tmp_path / "l.db", listen_lease_s=10)
+    try:
+        await store.append("s", _draft("question"), WELCOME)
+        trace = _Statements(store)
+        await store.append("s", _draft("no lease yet", role="ai"), WELCOME)
+        assert [q.split()[0] for q in trace.take()] == ["INSERT"]  # the message, only
+        assert (await store.claim_listen("s", T0)).claimed is not None
+        trace.take()
+        await store.append("s", _draft("the answer", role="ai"), WELCOME)
+        ran = trace.take()
+        assert [q.split()[0] for q in ran] == ["DELETE", "INSERT"]
+        assert "listen_leases" in ran[0]
+        await store.append("s", _draft("more", role="ai"), WELCOME)
+        assert [q.split()[0] for q in trace.take()] == ["INSERT"]  # acknowledged already
+        assert (await store.claim_listen(None, T0 + 100)).claimed is None
+    finally:
+        await store.close()
+
+
+async def test_in_one_group_an_answer_acknowledges_only_the_claims_before_it(
+    tmp_path: Path,
+) -> None:
+    store = await _open(tmp_path / "l.db", listen_lease_s=10)
+    try:
+        await store.append("s", _draft("q1"), WELCOME)
+        await store.append("t", _draft("q2"), WELCOME)
+        # Queued together: one transaction, applied in this order.
+        first, _, second, _ = await asyncio.gather(
+            store.claim_listen("s", T0),
+            store.append("s", _draft("answer to q1", role="ai"), WELCOME),
+            store.claim_listen("t", T0),
+            store.append("s", _draft("answer in s again", role="ai"), WELCOME),
+        )
+        assert first.claimed is not None and second.claimed is not None
+        again = (await store.claim_listen(None, T0 + 100)).claimed
+        assert again is not None and (again.message.content, again.attempt) == ("q2", 2)
+        assert (await store.claim_listen(None, T0 + 101)).claimed is None
+    finally:
+        await store.close()
+
+
+async def test_an_answer_finds_the_lease_when_its_count_is_not_cached(tmp_path: Path) -> None:
+    store = await _open(tmp_path / "l.db", listen_lease_s=10, seq_cache=1)
+    try:
+        await store.append("s", _draft("q"), WELCOME)
+        assert (await store.claim_listen("s", T0)).claimed is not None
+        await store.append("t", _draft("t1"), WELCOME)  # pushes "s" out of every cache
+        await store.append("s", _draft("answer", role="ai"), WELCOME)
+        again = (await store.claim_listen("s", T0 + 100)).claimed
+        assert again is None  # answered: its lease went, though the count had to be read
+    finally:
+        await store.close()
+
+
+async def test_a_backlog_of_the_earlier_layout_gains_its_attempts_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        """
+        CREATE TABLE listen_backlog (
+            n INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL);
+        """
+    )
+    old.close()
+    store = await _open(path, listen_lease_s=10)
+    try:
+        await store.append("s", _draft("q"), WELCOME)
+        first = (await store.claim_listen("s", T0)).claimed
+        assert first is not None and first.attempt == 1
+        assert (await store.claim_listen("s", T0 + 10)).claimed == Claimed(first.message, 2)
+    finally:
+        await store.close()

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from bridge.errors import InvalidInput
 from bridge.settings import Settings
-from bridge.storage.base import Appended, Storage
+from bridge.storage.base import Appended, Claimed, DroppedLease, ListenClaim, Storage
 
-__all__ = ["Appended", "Storage", "open_storage"]
+__all__ = ["Appended", "Claimed", "DroppedLease", "ListenClaim", "Storage", "open_storage"]
 
 
 def open_storage(url: str, settings: Settings) -> Storage:
@@ -28,6 +28,8 @@ def open_storage(url: str, settings: Settings) -> Storage:
             history_limit=settings.history_limit,
             listen_backlog_per_session=settings.listen_backlog_per_session,
             sessions_max=settings.sessions_max,
+            listen_lease_s=settings.listen_lease_s,
+            listen_attempts_max=settings.listen_attempts_max,
         )
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
@@ -41,6 +43,8 @@ def open_storage(url: str, settings: Settings) -> Storage:
             history_limit=settings.history_limit,
             listen_backlog_per_session=settings.listen_backlog_per_session,
             sessions_max=settings.sessions_max,
+            listen_lease_s=settings.listen_lease_s,
+            listen_attempts_max=settings.listen_attempts_max,
             synchronous=settings.sqlite_synchronous,
             batch_max=settings.commit_batch_max,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,

@@ -4,7 +4,16 @@ A store owns everything that must outlive a process: sessions, their messages an
 `seq` counters, idempotency keys, the Listen backlog, the template, the epoch and the
 secret that signs session tokens. It enforces two bounds itself, atomically with the
 writes they limit: `sessions_max` sessions, and `listen_backlog_per_session` unclaimed
-Listen messages per session (so at most `sessions_max` x that in all).
+Listen messages per session (so at most `sessions_max` x that in all), and as many
+outstanding Listen leases per session.
+
+A Listen lease: Langflow gives a component no "the run failed" hook, so a claimed message
+whose run died would never be answered. Each claim therefore records a lease on the
+message (deadline = claim time + `listen_lease_s`, attempt count + 1). Storing an `ai`
+message in the session acknowledges (drops) every lease of that session; a lease whose
+deadline passed is claimed again, before the backlog, until `listen_attempts_max` claims
+were made, after which it is dropped and reported (`ListenClaim.dropped`). Deadlines are
+wall-clock times read by the caller (`time.time()` unless a test passes `now`).
 Each backend passes the one contract suite in `tests/test_storage_contract.py`.
 """
 
@@ -17,7 +26,15 @@ from bridge.errors import InvalidInput, QuotaExceeded
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
 from bridge.values import value
 
-__all__ = ["Appended", "Storage", "check_page", "sessions_quota"]
+__all__ = [
+    "Appended",
+    "Claimed",
+    "DroppedLease",
+    "ListenClaim",
+    "Storage",
+    "check_page",
+    "sessions_quota",
+]
 
 
 def check_page(offset: int, limit: int | None) -> None:
@@ -46,6 +63,42 @@ class Appended:
     message: StoredMessage
     stored: tuple[StoredMessage, ...]
     duplicate: bool
+
+
+@value
+class Claimed:
+    """A message `Storage.claim_listen` handed out, under a lease.
+
+    `attempt` is 1 the first time the message is claimed and grows by one each time its
+    lease ran out unanswered and it was claimed again (a release does not count).
+    """
+
+    message: StoredMessage
+    attempt: int
+
+    @property
+    def session_id(self) -> str:
+        """The session of the message (what `ListenBoard` wakes waiters by)."""
+        return self.message.session_id
+
+
+@value
+class DroppedLease:
+    """A claimed message given up unanswered: its lease ran out after the last allowed
+    attempt, or its session already held `listen_backlog_per_session` newer leases."""
+
+    session_id: str
+    seq: int
+    attempts: int
+
+
+@value
+class ListenClaim:
+    """The outcome of `Storage.claim_listen`: what it claimed (None: nothing to hand out)
+    and the leases it dropped on the way, each reported by exactly one claim."""
+
+    claimed: Claimed | None
+    dropped: tuple[DroppedLease, ...] = ()
 
 
 class Storage(Protocol):
@@ -88,7 +141,9 @@ class Storage(Protocol):
         duplicate: nothing is stored and the first message is returned. A `user` message
         joins its session's Listen backlog, which keeps the newest
         `listen_backlog_per_session` unclaimed ones: a flood evicts only its own session's
-        oldest. When this returns, the write is durable as far as the backend promises."""
+        oldest. An `ai` message acknowledges every Listen lease of its session (they are
+        dropped: those messages are answered), in the same atomic step. When this
+        returns, the write is durable as far as the backend promises."""
         ...
 
     async def history(
@@ -121,7 +176,8 @@ class Storage(Protocol):
         ...
 
     async def delete_session(self, session_id: str) -> bool:
-        """Delete one session, its messages, keys and Listen backlog; False if unknown."""
+        """Delete one session, its messages, keys, Listen backlog and leases; False if
+        unknown."""
         ...
 
     async def reset(self) -> None:
@@ -137,17 +193,26 @@ class Storage(Protocol):
         """Store the chat template durably."""
         ...
 
-    async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
-        """Take the oldest `user` message no Listen call has taken yet (of one session,
-        or of any), so that each is handed out exactly once. None if there is none."""
+    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+        """Take one message for a Listen call (of one session, or of any), atomically, so
+        that each claim of a message goes to exactly one call.
+
+        First the leased message whose deadline passed by `now` (`time.time()` if None)
+        longest ago, if its attempts are below `listen_attempts_max`: it is leased again
+        (attempt + 1); one that used up its attempts is dropped and reported instead.
+        Then the oldest `user` message no Listen call has taken yet. A claim leases its
+        message until `now + listen_lease_s` unless leases are off (0); a session holding
+        `listen_backlog_per_session` leases drops its oldest for the new one."""
         ...
 
-    async def release_listen(self, message: StoredMessage) -> None:
+    async def release_listen(self, claimed: Claimed) -> None:
         """Give back a message `claim_listen` returned but nobody received (its Listen
-        call was cancelled, or its run failed): it goes to the front of the backlog, so
-        that it is the next claimed, for its session and for any session. Nothing happens
-        if the message is no longer in the session's history (trimmed, deleted, reset) or
-        is already back in the backlog. A release never evicts another message."""
+        call was cancelled): its lease is dropped without counting the attempt, and it
+        goes to the front of the backlog, so that it is the next claimed, for its session
+        and for any session. Nothing happens if the message is no longer in the session's
+        history (trimmed, deleted, reset), is already back in the backlog, or was claimed
+        again since (its lease is on a later attempt). A release never evicts another
+        message."""
         ...
 
     async def token_secret(self) -> bytes:

@@ -11,9 +11,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
-from bridge.storage.base import Appended, check_page, sessions_quota
+from bridge.storage.base import (
+    Appended,
+    Claimed,
+    DroppedLease,
+    ListenClaim,
+    check_page,
+    sessions_quota,
+)
 
 __all__ = ["MemoryStorage"]
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A claimed message awaiting its answer (an `ai` message in its session)."""
+
+    message: StoredMessage
+    deadline: float
+    attempts: int
 
 
 @dataclass(slots=True)
@@ -23,6 +39,9 @@ class _Session:
     last_seq: int = 0
     keys: dict[str, StoredMessage] | None = None  # made on the first idempotency key
     listen: deque[int] = field(default_factory=deque)  # seqs of its backlog, oldest first
+    # seq -> attempts already made, for backlog entries given back by `release_listen`.
+    tries: dict[int, int] = field(default_factory=dict)
+    leases: dict[int, _Lease] = field(default_factory=dict)  # seq -> lease, claim order
 
     def add(self, session_id: str, draft: Draft) -> StoredMessage:
         self.last_seq += 1
@@ -60,6 +79,8 @@ class MemoryStorage:
         history_limit: int = 10_000,
         listen_backlog_per_session: int = 1_000,
         sessions_max: int = 100_000,
+        listen_lease_s: float = 300.0,
+        listen_attempts_max: int = 3,
     ) -> None:
         self._epoch = uuid.uuid4().hex
         self._sessions: dict[str, _Session] = {}  # insertion order is creation order
@@ -71,6 +92,12 @@ class MemoryStorage:
         # Each session's `listen` holds the same entries in the same order, so that its
         # oldest is found and its bound kept without a scan of the others.
         self._listen: OrderedDict[tuple[str, int], StoredMessage] = OrderedDict()
+        # Every lease in claim order (a lease taken again moves to the end). With one lease
+        # length and a clock that does not run back, that is deadline order, so the first
+        # entry is the one that ran out longest ago. Each session's `leases` holds its own.
+        self._leases: OrderedDict[tuple[str, int], _Lease] = OrderedDict()
+        self._lease_s = listen_lease_s
+        self._attempts_max = listen_attempts_max
         self._token_secret: bytes | None = None
 
     @property
@@ -105,7 +132,14 @@ class MemoryStorage:
             self._listen[(session_id, message.seq)] = message
             session.listen.append(message.seq)
             if len(session.listen) > self._backlog_limit:  # this session's oldest goes
-                del self._listen[(session_id, session.listen.popleft())]
+                evicted = session.listen.popleft()
+                del self._listen[(session_id, evicted)]
+                session.tries.pop(evicted, None)
+        elif message.role == "ai" and session.leases:
+            # An answer: every message of the session Listen handed out is answered.
+            for seq in session.leases:
+                del self._leases[(session_id, seq)]
+            session.leases.clear()
         return message
 
     async def create_session(
@@ -174,11 +208,14 @@ class MemoryStorage:
             return False
         for seq in session.listen:
             del self._listen[(session_id, seq)]
+        for seq in session.leases:
+            del self._leases[(session_id, seq)]
         return True
 
     async def reset(self) -> None:
         self._sessions.clear()
         self._listen.clear()
+        self._leases.clear()
 
     async def load_template(self) -> Template | None:
         return self._template
@@ -186,26 +223,76 @@ class MemoryStorage:
     async def save_template(self, template: Template) -> None:
         self._template = template
 
-    async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
+    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+        when = time.time() if now is None else now
+        dropped: list[DroppedLease] = []
+        if self._lease_s > 0:
+            while (lease := self._expired(session_id, when)) is not None:
+                message = lease.message
+                session = self._sessions[message.session_id]
+                self._unlease(session, message)
+                if lease.attempts >= self._attempts_max:
+                    dropped.append(DroppedLease(message.session_id, message.seq, lease.attempts))
+                elif session.kept(message.seq) is message:  # else trimmed: gone for Listen
+                    claimed = self._lease(session, message, lease.attempts + 1, when, dropped)
+                    return ListenClaim(claimed, tuple(dropped))
         while True:
             if session_id is None:
                 if not self._listen:
-                    return None
+                    return ListenClaim(None, tuple(dropped))
                 (owner, seq), message = self._listen.popitem(last=False)
                 session = self._sessions[owner]
                 session.listen.popleft()  # the same entry: both are in claim order
             else:
                 session_or_none = self._sessions.get(session_id)
                 if session_or_none is None or not session_or_none.listen:
-                    return None
+                    return ListenClaim(None, tuple(dropped))
                 session = session_or_none
                 seq = session.listen.popleft()
                 message = self._listen.pop((session_id, seq))
+            before = session.tries.pop(seq, 0)
             # A message trimmed from history since is gone for Listen too.
             if session.kept(seq) is message:
-                return message
+                claimed = self._lease(session, message, before + 1, when, dropped)
+                return ListenClaim(claimed, tuple(dropped))
 
-    async def release_listen(self, message: StoredMessage) -> None:
+    def _expired(self, session_id: str | None, now: float) -> _Lease | None:
+        """The lease (of the session, or of any) that ran out longest ago, if any."""
+        if session_id is None:
+            lease = next(iter(self._leases.values()), None)
+        else:
+            session = self._sessions.get(session_id)
+            lease = next(iter(session.leases.values()), None) if session else None
+        return lease if lease is not None and lease.deadline <= now else None
+
+    def _lease(
+        self,
+        session: _Session,
+        message: StoredMessage,
+        attempt: int,
+        now: float,
+        dropped: list[DroppedLease],
+    ) -> Claimed:
+        """Record the claim of `message` as attempt `attempt`, until `now` + the lease."""
+        if self._lease_s > 0:
+            entry = (message.session_id, message.seq)
+            session.leases[message.seq] = self._leases[entry] = _Lease(
+                message, now + self._lease_s, attempt
+            )
+            if len(session.leases) > self._backlog_limit:  # the session's oldest lease goes
+                oldest = next(iter(session.leases.values()))
+                self._unlease(session, oldest.message)
+                dropped.append(
+                    DroppedLease(message.session_id, oldest.message.seq, oldest.attempts)
+                )
+        return Claimed(message, attempt)
+
+    def _unlease(self, session: _Session, message: StoredMessage) -> None:
+        del session.leases[message.seq]
+        del self._leases[(message.session_id, message.seq)]
+
+    async def release_listen(self, claimed: Claimed) -> None:
+        message = claimed.message
         session = self._sessions.get(message.session_id)
         entry = (message.session_id, message.seq)
         if session is None or entry in self._listen:
@@ -213,6 +300,13 @@ class MemoryStorage:
         kept = session.kept(message.seq)
         if kept is None or kept.id != message.id:  # trimmed, or a later session's message
             return
+        lease = session.leases.get(message.seq)
+        if lease is not None:
+            if lease.attempts != claimed.attempt:  # its lease ran out and it was claimed again
+                return
+            self._unlease(session, kept)
+        if claimed.attempt > 1:  # the attempts before this one still count
+            session.tries[message.seq] = claimed.attempt - 1
         self._listen[entry] = kept
         self._listen.move_to_end(entry, last=False)
         session.listen.appendleft(message.seq)

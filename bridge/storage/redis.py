@@ -12,22 +12,31 @@ and its keys end with a fixed suffix, so no two sessions' keys can collide):
                                      backlog of every session, oldest first (a released
                                      message gets an ordinal below every other)
     P:listen:n              string   counter of backlog entries
+    P:leases                zset     "sid seq" -> deadline: the Listen lease of every
+                                     claimed message not yet answered, of every session
     P:s:{sid}:meta          hash     created_at, last_seq, last:ai, last:user
     P:s:{sid}:msgs          zset     "seq|{json}" scored by seq (the message without seq)
     P:s:{sid}:keys          zset     idempotency key -> seq of the message it stored
     P:s:{sid}:listen        list     seqs of this session's backlog entries, oldest first:
                                      at most `listen_backlog_per_session` of them
+    P:s:{sid}:leases        zset     seq -> deadline: this session's leases (as many at most)
+    P:s:{sid}:tries         hash     seq -> claims made so far, of a leased message or of a
+                                     released one back in the backlog
 
 Every write that must be atomic is one Lua script (sent with EVALSHA): an append assigns
 the seq, checks the sessions quota and seeds a new session, checks the idempotency key,
 pushes Listen backlog entries (evicting that session's oldest beyond its bound) and trims
-history in one step, so concurrent appends from any number of instances get
-contiguous seqs. The client never retries a command by itself: a retried append whose
-first attempt did run would store the message twice, so a failure is reported as
-`StorageUnavailable` and the caller retries with its idempotency key.
+history in one step (an `ai` message also drops its session's Listen leases there), so
+concurrent appends from any number of instances get contiguous seqs. The client never
+retries a command by itself: a retried append whose first attempt did run would store
+the message twice, so a failure is reported as `StorageUnavailable` and the caller
+retries with its idempotency key.
 
 Durability is Redis's: with `appendonly yes` and `appendfsync everysec` a Redis crash
 loses at most a second; a `kill -9` of a bridge loses nothing it answered 200 for.
+Lease deadlines are the claiming instance's wall clock (`time.time()`), passed to the
+scripts: instances whose clocks differ by a few seconds re-offer a message that much
+earlier or later, which a lease of minutes (300 s by default) absorbs.
 Scripts touch keys of other sessions only through the prefix (Listen claims of any
 session, reset), which standalone Redis allows; Redis Cluster is not supported.
 """
@@ -55,7 +64,14 @@ from redis.commands.core import AsyncScript
 from bridge.errors import InvalidInput, StorageUnavailable
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
 from bridge.settings import Settings
-from bridge.storage.base import Appended, check_page, sessions_quota
+from bridge.storage.base import (
+    Appended,
+    Claimed,
+    DroppedLease,
+    ListenClaim,
+    check_page,
+    sessions_quota,
+)
 
 __all__ = [
     "Keys",
@@ -190,7 +206,7 @@ class Keys:
     prefix: str
 
     def session(self, session_id: str, part: str) -> str:
-        """A key of one session: part is meta, msgs, keys or listen."""
+        """A key of one session: part is meta, msgs, keys, listen, leases or tries."""
         return f"{self.prefix}:s:{session_id}:{part}"
 
     @property
@@ -220,6 +236,10 @@ class Keys:
     @property
     def listen_counter(self) -> str:
         return f"{self.prefix}:listen:n"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:leases"
 
     @property
     def events(self) -> str:
@@ -274,7 +294,7 @@ def decode_message(session_id: str, member: object) -> StoredMessage:
     )
 
 
-# KEYS: meta msgs keys slisten glisten sessions ord listen_n
+# KEYS: meta msgs keys slisten glisten sessions ord listen_n sleases gleases tries
 # ARGV: sid now history_limit backlog_per_session mode key n sessions_max, then
 #       (json role key) per message: the seed first, then (mode "append") the draft.
 # Returns {0} (create: the session existed), {2, member} (duplicate key), {3, held}
@@ -316,8 +336,17 @@ for i = first, total do
     redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[8]), sid .. ' ' .. last)
     -- A flood evicts its own session's oldest entries, never another session's.
     if redis.call('RPUSH', KEYS[4], last) > backlog then
-      redis.call('ZREM', KEYS[5], sid .. ' ' .. redis.call('LPOP', KEYS[4]))
+      local evicted = redis.call('LPOP', KEYS[4])
+      redis.call('ZREM', KEYS[5], sid .. ' ' .. evicted)
+      redis.call('HDEL', KEYS[11], evicted)
     end
+  elseif ARGV[o + 1] == 'ai' and redis.call('EXISTS', KEYS[9]) == 1 then
+    -- An answer acknowledges every Listen lease of its session: those are answered.
+    for _, seq in ipairs(redis.call('ZRANGE', KEYS[9], 0, -1)) do
+      redis.call('ZREM', KEYS[10], sid .. ' ' .. seq)
+      redis.call('HDEL', KEYS[11], seq)
+    end
+    redis.call('UNLINK', KEYS[9])
   end
 end
 redis.call('HSET', KEYS[1], 'last_seq', last)
@@ -337,47 +366,135 @@ local found = redis.call('ZRANGEBYSCORE', KEYS[2], seq, seq)
 return found[1] or false
 """
 
-# KEYS: meta msgs keys slisten glisten sessions ; ARGV: sid
+# KEYS: meta msgs keys slisten glisten sessions sleases gleases tries ; ARGV: sid
 _DELETE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 for _, seq in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
   redis.call('ZREM', KEYS[5], ARGV[1] .. ' ' .. seq)
 end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+for _, seq in ipairs(redis.call('ZRANGE', KEYS[7], 0, -1)) do
+  redis.call('ZREM', KEYS[8], ARGV[1] .. ' ' .. seq)
+end
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], KEYS[9])
 redis.call('ZREM', KEYS[6], ARGV[1])
 return 1
 """
 
-# KEYS: sessions glisten ord listen_n ; ARGV: prefix batch. Deletes up to `batch`
+# KEYS: sessions glisten ord listen_n gleases ; ARGV: prefix batch. Deletes up to `batch`
 # sessions per call so that a reset of many sessions never blocks Redis for long; the
 # call that finds none left also drops the counters (nothing older remains to order).
 _RESET = """
 local sids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 for _, sid in ipairs(sids) do
   local base = ARGV[1] .. ':s:' .. sid .. ':'
-  redis.call('UNLINK', base .. 'meta', base .. 'msgs', base .. 'keys', base .. 'listen')
+  redis.call('UNLINK', base .. 'meta', base .. 'msgs', base .. 'keys', base .. 'listen',
+             base .. 'leases', base .. 'tries')
   redis.call('ZREM', KEYS[1], sid)
 end
-redis.call('UNLINK', KEYS[2])
+redis.call('UNLINK', KEYS[2], KEYS[5])
 if #sids == 0 then redis.call('UNLINK', KEYS[3], KEYS[4]) end
 return #sids
 """
 
-# KEYS: slisten glisten msgs ; ARGV: sid. Claim the oldest backlog entry of one session;
+# KEYS: glisten gleases, then for one session's claim: slisten msgs sleases tries.
+# ARGV: prefix sid ('' for any session) now deadline attempts_max bound leasing(1/0).
+# Claim for Listen: first the lease that ran out (score <= now) longest ago whose attempts
+# are below the maximum, leased again; then the oldest backlog entry, leased. Leases that
+# used up their attempts, and a session's oldest beyond `bound`, are dropped and reported;
 # entries whose message was trimmed or deleted since are dropped on the way.
-_CLAIM_ONE = """
+# Returns {1, sid, member, attempt, dropped...} or {0, '', '', 0, dropped...}, where
+# dropped is (sid, seq, attempts) triples.
+_CLAIM = """
+local prefix, sid, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local amax, bound, leasing = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+local out = {0, '', '', 0}
+
+local function keys_of(s)
+  if sid ~= '' then return KEYS[3], KEYS[4], KEYS[5], KEYS[6] end
+  local base = prefix .. ':s:' .. s .. ':'
+  return base .. 'listen', base .. 'msgs', base .. 'leases', base .. 'tries'
+end
+
+local function split(member)
+  local cut = string.find(member, ' ', 1, true)
+  return string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+end
+
+local function unlease(s, seq, sleases, tries)
+  redis.call('ZREM', sleases, seq)
+  redis.call('ZREM', KEYS[2], s .. ' ' .. seq)
+  redis.call('HDEL', tries, seq)
+end
+
+local function drop(s, seq, attempts)
+  out[#out + 1] = s
+  out[#out + 1] = seq
+  out[#out + 1] = attempts
+end
+
+-- Hand out message `seq` of session `s` as its next attempt, under a lease.
+local function give(s, seq, body, sleases, tries)
+  local attempt = redis.call('HINCRBY', tries, seq, 1)
+  if leasing then
+    redis.call('ZADD', sleases, deadline, seq)
+    redis.call('ZADD', KEYS[2], deadline, s .. ' ' .. seq)
+    while redis.call('ZCARD', sleases) > bound do
+      local oldest = redis.call('ZRANGE', sleases, 0, 0)[1]
+      local attempts = tonumber(redis.call('HGET', tries, oldest) or '0')
+      unlease(s, oldest, sleases, tries)
+      drop(s, oldest, attempts)
+    end
+  else
+    redis.call('HDEL', tries, seq)
+  end
+  out[1], out[2], out[3], out[4] = 1, s, body, attempt
+  return out
+end
+
+if leasing then
+  while true do
+    local s, seq = sid, nil
+    if sid ~= '' then
+      seq = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1)[1]
+    else
+      local member = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)[1]
+      if member then s, seq = split(member) end
+    end
+    if not seq then break end
+    local _, msgs, sleases, tries = keys_of(s)
+    local attempts = tonumber(redis.call('HGET', tries, seq) or '0')
+    local body = nil
+    if attempts < amax then body = redis.call('ZRANGEBYSCORE', msgs, seq, seq)[1] end
+    if body then return give(s, seq, body, sleases, tries) end
+    unlease(s, seq, sleases, tries)
+    if attempts >= amax then drop(s, seq, attempts) end
+  end
+end
 while true do
-  local seq = redis.call('LPOP', KEYS[1])
-  if not seq then return false end
-  redis.call('ZREM', KEYS[2], ARGV[1] .. ' ' .. seq)
-  local found = redis.call('ZRANGEBYSCORE', KEYS[3], seq, seq)
-  if found[1] then return found[1] end
+  local s, seq = sid, nil
+  if sid ~= '' then
+    seq = redis.call('LPOP', KEYS[3])
+    if seq then redis.call('ZREM', KEYS[1], sid .. ' ' .. seq) end
+  else
+    local popped = redis.call('ZPOPMIN', KEYS[1])
+    if popped[1] then
+      s, seq = split(popped[1])
+      redis.call('LREM', prefix .. ':s:' .. s .. ':listen', 1, seq)
+    end
+  end
+  if not seq then return out end
+  local _, msgs, sleases, tries = keys_of(s)
+  local body = redis.call('ZRANGEBYSCORE', msgs, seq, seq)[1]
+  if body then return give(s, seq, body, sleases, tries) end
+  redis.call('HDEL', tries, seq)
 end
 """
 
-# KEYS: slisten glisten msgs listen_n ; ARGV: sid seq id. Put a claimed message back at
-# the front of both queues, if history still holds it (same id: not a later session's
-# message under the same seq) and it is not there already. Returns 1 if put back.
+# KEYS: slisten glisten msgs listen_n sleases tries gleases ; ARGV: sid seq id attempt.
+# Put a claimed message back at the front of both queues, if history still holds it
+# (same id: not a later session's message under the same seq), it is not there already,
+# and it was not claimed again since (its lease is on this attempt). Its lease goes; the
+# attempts before this one stay counted. Returns 1 if put back.
 _RELEASE = """
 local found = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[2], ARGV[2])
 if not found[1] then return 0 end
@@ -385,26 +502,23 @@ local body = string.sub(found[1], string.find(found[1], '|', 1, true) + 1)
 if cjson.decode(body)['id'] ~= ARGV[3] then return 0 end
 local member = ARGV[1] .. ' ' .. ARGV[2]
 if redis.call('ZSCORE', KEYS[2], member) then return 0 end
+local attempt = tonumber(ARGV[4])
+if redis.call('ZSCORE', KEYS[5], ARGV[2]) then
+  if tonumber(redis.call('HGET', KEYS[6], ARGV[2]) or '0') ~= attempt then return 0 end
+  redis.call('ZREM', KEYS[5], ARGV[2])
+  redis.call('ZREM', KEYS[7], member)
+end
+if attempt > 1 then
+  redis.call('HSET', KEYS[6], ARGV[2], attempt - 1)
+else
+  redis.call('HDEL', KEYS[6], ARGV[2])
+end
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local score = tonumber(redis.call('GET', KEYS[4]) or '0')
 if head[2] then score = math.min(score, tonumber(head[2])) end
 redis.call('ZADD', KEYS[2], score - 1, member)
 redis.call('LPUSH', KEYS[1], ARGV[2])
 return 1
-"""
-
-# KEYS: glisten ; ARGV: prefix. Claim the oldest backlog entry of any session.
-_CLAIM_ANY = """
-while true do
-  local popped = redis.call('ZPOPMIN', KEYS[1])
-  if not popped[1] then return false end
-  local cut = string.find(popped[1], ' ', 1, true)
-  local sid, seq = string.sub(popped[1], 1, cut - 1), string.sub(popped[1], cut + 1)
-  local base = ARGV[1] .. ':s:' .. sid .. ':'
-  redis.call('LREM', base .. 'listen', 1, seq)
-  local found = redis.call('ZRANGEBYSCORE', base .. 'msgs', seq, seq)
-  if found[1] then return {sid, found[1]} end
-end
 """
 
 
@@ -417,6 +531,8 @@ class RedisStorage:
         self._history_limit = settings.history_limit
         self._backlog_limit = settings.listen_backlog_per_session
         self._sessions_max = settings.sessions_max
+        self._lease_s = settings.listen_lease_s
+        self._attempts_max = settings.listen_attempts_max
         self._client: aioredis.Redis | None = None
         self._epoch = ""
         self._token_secret: bytes | None = None
@@ -425,8 +541,7 @@ class RedisStorage:
         self._last_of_role: AsyncScript
         self._delete: AsyncScript
         self._reset: AsyncScript
-        self._claim_one: AsyncScript
-        self._claim_any: AsyncScript
+        self._claim: AsyncScript
         self._release: AsyncScript
 
     @property
@@ -450,8 +565,7 @@ class RedisStorage:
         self._last_of_role = client.register_script(_LAST_OF_ROLE)
         self._delete = client.register_script(_DELETE)
         self._reset = client.register_script(_RESET)
-        self._claim_one = client.register_script(_CLAIM_ONE)
-        self._claim_any = client.register_script(_CLAIM_ANY)
+        self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         try:
             await self._adopt_epoch(client)
@@ -503,6 +617,9 @@ class RedisStorage:
             k.sessions,
             k.order,
             k.listen_counter,
+            k.session(session_id, "leases"),
+            k.leases,
+            k.session(session_id, "tries"),
         ]
 
     # -- writes ----------------------------------------------------------------------
@@ -560,7 +677,8 @@ class RedisStorage:
         return Appended(stored[-1], tuple(stored), False)
 
     async def delete_session(self, session_id: str) -> bool:
-        keys = self._session_keys(session_id)[:6]
+        keys = self._session_keys(session_id)
+        keys = [*keys[:6], *keys[8:]]  # not the counters
         with self._errors(f"delete session {session_id!r}"):
             deleted = await self._delete(keys=keys, args=[session_id], client=self._redis())
         return bool(deleted)
@@ -568,7 +686,7 @@ class RedisStorage:
     async def reset(self) -> None:
         client = self._redis()
         k = self._keys
-        keys = [k.sessions, k.listen, k.order, k.listen_counter]
+        keys = [k.sessions, k.listen, k.order, k.listen_counter, k.leases]
         with self._errors("reset"):
             while await self._reset(
                 keys=keys, args=[self._keys.prefix, _RESET_BATCH], client=client
@@ -579,21 +697,32 @@ class RedisStorage:
         with self._errors("save the template"):
             await self._redis().set(self._keys.template, template.model_dump_json())
 
-    async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
-        client = self._redis()
+    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+        when = time.time() if now is None else now
         k = self._keys
+        keys = [k.listen, k.leases]
+        if session_id is not None:
+            keys += [k.session(session_id, p) for p in ("listen", "msgs", "leases", "tries")]
+        args: list[str | int] = [
+            k.prefix,
+            session_id or "",  # never a session id: those have 1 character or more
+            # repr keeps every digit; Lua would print a number with 14 only.
+            repr(when),
+            repr(when + self._lease_s),
+            self._attempts_max,
+            self._backlog_limit,
+            1 if self._lease_s > 0 else 0,
+        ]
         with self._errors("claim a Listen message"):
-            if session_id is not None:
-                member = await self._claim_one(
-                    keys=[k.session(session_id, "listen"), k.listen, k.session(session_id, "msgs")],
-                    args=[session_id],
-                    client=client,
-                )
-                return None if member is None else decode_message(session_id, member)
-            found = await self._claim_any(keys=[k.listen], args=[k.prefix], client=client)
-        if found is None:
-            return None
-        return decode_message(as_text(found[0]), found[1])
+            reply = await self._claim(keys=keys, args=args, client=self._redis())
+        dropped = tuple(
+            DroppedLease(as_text(reply[i]), int(reply[i + 1]), int(reply[i + 2]))
+            for i in range(4, len(reply), 3)
+        )
+        if int(reply[0]) == 0:
+            return ListenClaim(None, dropped)
+        owner = as_text(reply[1])
+        return ListenClaim(Claimed(decode_message(owner, reply[2]), int(reply[3])), dropped)
 
     async def token_secret(self) -> bytes:
         if self._token_secret is None:
@@ -608,13 +737,22 @@ class RedisStorage:
             stored = await client.get(self._keys.token_secret)
         return bytes.fromhex(as_text(stored) if stored is not None else candidate)
 
-    async def release_listen(self, message: StoredMessage) -> None:
+    async def release_listen(self, claimed: Claimed) -> None:
         k = self._keys
+        message = claimed.message
         sid = message.session_id
         with self._errors("give back a Listen message"):
             await self._release(
-                keys=[k.session(sid, "listen"), k.listen, k.session(sid, "msgs"), k.listen_counter],
-                args=[sid, message.seq, message.id],
+                keys=[
+                    k.session(sid, "listen"),
+                    k.listen,
+                    k.session(sid, "msgs"),
+                    k.listen_counter,
+                    k.session(sid, "leases"),
+                    k.session(sid, "tries"),
+                    k.leases,
+                ],
+                args=[sid, message.seq, message.id, claimed.attempt],
                 client=self._redis(),
             )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 from bridge.errors import BridgeError, StorageUnavailable
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
-from bridge.storage.base import Appended, check_page
+from bridge.storage.base import Appended, Claimed, ListenClaim, check_page
 from bridge.storage.sqlite_txn import (
     COLUMNS,
     Append,
@@ -65,9 +66,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (session_id, key)
 CREATE TABLE IF NOT EXISTS listen_backlog (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id TEXT NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS listen_backlog_session ON listen_backlog (session_id, n);
+CREATE TABLE IF NOT EXISTS listen_leases (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    deadline REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS listen_leases_deadline ON listen_leases (deadline);
+CREATE INDEX IF NOT EXISTS listen_leases_session ON listen_leases (session_id, deadline);
 """
 
 
@@ -80,6 +91,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
     if "last_seq" in columns:  # now the largest seq of the session's messages
         conn.execute("ALTER TABLE sessions DROP COLUMN last_seq")
+    backlog = {r[1] for r in conn.execute("PRAGMA table_info(listen_backlog)")}
+    if "attempts" not in backlog:  # attempts a released message had already used
+        conn.execute("ALTER TABLE listen_backlog ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
 
 
 class SqliteStorage:
@@ -92,6 +106,8 @@ class SqliteStorage:
         history_limit: int = 10_000,
         listen_backlog_per_session: int = 1_000,
         sessions_max: int = 100_000,
+        listen_lease_s: float = 300.0,
+        listen_attempts_max: int = 3,
         synchronous: str = "FULL",
         batch_max: int = 512,
         pending_max: int = 50_000,
@@ -99,7 +115,13 @@ class SqliteStorage:
         seq_cache: int = 100_000,
     ) -> None:
         self._path = path
-        self._limits = Limits(history_limit, listen_backlog_per_session, sessions_max)
+        self._limits = Limits(
+            history_limit,
+            listen_backlog_per_session,
+            sessions_max,
+            listen_lease_s,
+            listen_attempts_max,
+        )
         self._synchronous = synchronous.upper()
         self._batch_max = batch_max
         self._pending_max = pending_max
@@ -292,12 +314,13 @@ class SqliteStorage:
             )
         )
 
-    async def claim_listen(self, session_id: str | None) -> StoredMessage | None:
-        claimed: StoredMessage | None = await self._write(Claim(session_id))
-        return claimed
+    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+        when = time.time() if now is None else now
+        outcome: ListenClaim = await self._write(Claim(session_id, when))
+        return outcome
 
-    async def release_listen(self, message: StoredMessage) -> None:
-        await self._write(Release(message))
+    async def release_listen(self, claimed: Claimed) -> None:
+        await self._write(Release(claimed))
 
     async def token_secret(self) -> bytes:
         if self._token_secret is not None:

@@ -12,7 +12,10 @@ the newest ones, so nothing else has to be stored or updated.
 The same goes for the two bounds checked on every write: how many unclaimed Listen
 entries a session has (its backlog keeps the newest `backlog_per_session`) and how many
 sessions the store holds (`sessions_max`) are kept in `WriterState` from committed
-transactions; the database is counted only when a number is not known yet.
+transactions; the database is counted only when a number is not known yet. Likewise the
+number of outstanding Listen leases per session: an `ai` append acknowledges its session's
+leases with one DELETE, and only when that number says there is a lease to delete, so an
+answer in a session without leases costs no statement beyond its INSERT.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from bridge.errors import QuotaExceeded
 from bridge.models import Draft, StoredMessage
-from bridge.storage.base import Appended, sessions_quota
+from bridge.storage.base import Appended, Claimed, DroppedLease, ListenClaim, sessions_quota
 from bridge.values import value
 
 __all__ = [
@@ -81,16 +84,18 @@ class Reset:
 
 @value
 class Claim:
-    """Take the oldest Listen backlog entry (of one session, or of any if None)."""
+    """Take a message for Listen (of one session, or of any if None): a lease that ran
+    out by `now` first, else the oldest backlog entry; lease it until `now` + the lease."""
 
     session_id: str | None
+    now: float
 
 
 @value
 class Release:
-    """Put a claimed message back at the front of the Listen backlog."""
+    """Put a claimed message back at the front of the Listen backlog, dropping its lease."""
 
-    message: StoredMessage
+    claimed: Claimed
 
 
 Custom = Callable[[sqlite3.Connection], Any]
@@ -106,6 +111,8 @@ class Limits:
     history: int
     backlog_per_session: int
     sessions_max: int
+    lease_s: float = 300.0  # 0: claims take no lease
+    attempts_max: int = 3
 
 
 class SeqCache:
@@ -153,18 +160,21 @@ class WriterState:
     def __init__(self, cache_limit: int) -> None:
         self.seqs = SeqCache(cache_limit)
         self.backlog = SeqCache(cache_limit)  # unclaimed Listen entries per session
+        self.leases = SeqCache(cache_limit)  # outstanding Listen leases per session
         self.sessions: int | None = None  # sessions in the store
 
     def commit(self, txn: Transaction) -> None:
         """Take the numbers of a transaction that has committed."""
         self.seqs.update(txn.seqs)
         self.backlog.update(txn.backlog)
+        self.leases.update(txn.leases)
         self.sessions = txn.session_count
 
     def clear(self) -> None:
         """Forget everything (the file may hold what this process did not write)."""
         self.seqs.clear()
         self.backlog.clear()
+        self.leases.clear()
         self.sessions = None
 
 
@@ -172,8 +182,9 @@ class Transaction:
     """Applies writes inside one open transaction; `finish` before COMMIT.
 
     `seqs` holds the last seq of every session this transaction wrote or looked up,
-    `backlog` the unclaimed Listen entries of every session it counted, `session_count`
-    the sessions in the store if known: merged into `WriterState` once it has committed.
+    `backlog` the unclaimed Listen entries and `leases` the outstanding Listen leases of
+    every session it counted, `session_count` the sessions in the store if known: merged
+    into `WriterState` once it has committed.
     A write refused by a bound returns its error (`QuotaExceeded`) instead of raising, so
     that the rest of the group commits; it has stored nothing.
     """
@@ -186,8 +197,11 @@ class Transaction:
         self._trim_step = max(1, limits.history // 10)
         self._backlog_limit = limits.backlog_per_session
         self._sessions_max = limits.sessions_max
+        self._lease_s = limits.lease_s
+        self._attempts_max = limits.attempts_max
         self.seqs: dict[str, int] = {}
         self.backlog: dict[str, int] = {}
+        self.leases: dict[str, int] = {}
         self.session_count = state.sessions
         self._rows: list[Any] = []  # flat values of buffered message rows
         self._backlog: list[Any] = []  # flat (session_id, seq) of buffered user messages
@@ -212,9 +226,9 @@ class Transaction:
             self._reset()
             return None
         if isinstance(write, Claim):
-            return self._claim(write.session_id)
+            return self._claim(write.session_id, write.now)
         if isinstance(write, Release):
-            self._release(write.message)
+            self._release(write.claimed)
             return None
         return write(self._conn)
 
@@ -273,6 +287,7 @@ class Transaction:
         self.session_count = (self.session_count or 0) + 1
         self.seqs[session_id] = 0
         self.backlog[session_id] = 0
+        self.leases[session_id] = 0
         return [self._add(session_id, seq, d) for seq, d in enumerate(seed, 1)]
 
     def _add(self, session_id: str, seq: int, draft: Draft) -> StoredMessage:
@@ -286,6 +301,13 @@ class Transaction:
             count = self.backlog[session_id] = self._backlog_count(session_id) + 1
             if count > self._backlog_limit:
                 self._over.add(session_id)
+        elif draft.role == "ai":
+            # An answer acknowledges every lease of its session. The DELETE runs at once:
+            # leases are only written by claims and releases, which run at once too, so
+            # it sees exactly the leases taken before this message in the group.
+            if self._lease_count(session_id):
+                self._conn.execute("DELETE FROM listen_leases WHERE session_id = ?", (session_id,))
+            self.leases[session_id] = 0
         if draft.key is not None:
             self._keys[(session_id, draft.key)] = message
         self.seqs[session_id] = seq
@@ -296,6 +318,7 @@ class Transaction:
     def _delete(self, session_id: str) -> bool:
         self._conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
         self._conn.execute("DELETE FROM listen_backlog WHERE session_id = ?", (session_id,))
+        self._conn.execute("DELETE FROM listen_leases WHERE session_id = ?", (session_id,))
         found = self._conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount
         self._forget(session_id)
         if found and self.session_count is not None:
@@ -303,12 +326,14 @@ class Transaction:
         return found > 0
 
     def _reset(self) -> None:
-        for table in ("messages", "listen_backlog", "sessions"):
+        for table in ("messages", "listen_backlog", "listen_leases", "sessions"):
             self._conn.execute(f"DELETE FROM {table}")
         self.seqs.clear()
         self.backlog.clear()
+        self.leases.clear()
         self._state.seqs.clear()
         self._state.backlog.clear()
+        self._state.leases.clear()
         self._keys.clear()
         self.session_count = 0
 
@@ -317,33 +342,99 @@ class Transaction:
         # transaction rolls back, it finds the session again.
         self._cache.discard(session_id)
         self._state.backlog.discard(session_id)
+        self._state.leases.discard(session_id)
         self.seqs.pop(session_id, None)
         self.backlog.pop(session_id, None)
+        self.leases.pop(session_id, None)
         self._keys = {k: m for k, m in self._keys.items() if k[0] != session_id}
 
     # -- the Listen backlog ----------------------------------------------------------------
 
-    def _claim(self, session_id: str | None) -> StoredMessage | None:
+    def _claim(self, session_id: str | None, now: float) -> ListenClaim:
+        dropped: list[DroppedLease] = []
+        if self._lease_s > 0:
+            again = self._claim_expired(session_id, now, dropped)
+            if again is not None:
+                return ListenClaim(again, tuple(dropped))
         where, args = ("", ()) if session_id is None else ("WHERE session_id = ?", (session_id,))
         while True:
             row = self._conn.execute(
-                f"SELECT n, session_id, seq FROM listen_backlog {where} ORDER BY n LIMIT 1", args
+                f"SELECT n, session_id, seq, attempts FROM listen_backlog {where}"
+                " ORDER BY n LIMIT 1",
+                args,
             ).fetchone()
             if row is None:
-                return None
+                return ListenClaim(None, tuple(dropped))
             self._conn.execute("DELETE FROM listen_backlog WHERE n = ?", (row[0],))
             known = self.backlog.get(row[1], self._state.backlog.get(row[1]))
             if known is not None:
                 self.backlog[row[1]] = max(0, known - 1)
-            found = self._conn.execute(
-                f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq = ?",
-                (row[1], row[2]),
-            ).fetchone()
+            found = self._message(row[1], row[2])
             # A message trimmed from history since is gone for Listen too.
-            if found:
-                return StoredMessage(*found)
+            if found is not None:
+                claimed = self._lease(found, row[3] + 1, now, dropped)
+                return ListenClaim(claimed, tuple(dropped))
 
-    def _release(self, message: StoredMessage) -> None:
+    def _claim_expired(
+        self, session_id: str | None, now: float, dropped: list[DroppedLease]
+    ) -> Claimed | None:
+        """Lease again the message whose lease ran out longest ago and has attempts left;
+        drop (and report) those that used up theirs, and those whose message is gone."""
+        where, args = (
+            ("", (now,)) if session_id is None else ("session_id = ? AND ", (session_id, now))
+        )
+        while True:
+            row = self._conn.execute(
+                f"SELECT session_id, seq, attempts FROM listen_leases WHERE {where}"
+                "deadline <= ? ORDER BY deadline LIMIT 1",
+                args,
+            ).fetchone()
+            if row is None:
+                return None
+            owner, seq, attempts = row
+            found = self._message(owner, seq) if attempts < self._attempts_max else None
+            if found is not None:
+                self._conn.execute(
+                    "UPDATE listen_leases SET deadline = ?, attempts = ?"
+                    " WHERE session_id = ? AND seq = ?",
+                    (now + self._lease_s, attempts + 1, owner, seq),
+                )
+                return Claimed(found, attempts + 1)
+            self._conn.execute(
+                "DELETE FROM listen_leases WHERE session_id = ? AND seq = ?", (owner, seq)
+            )
+            self._leases_less(owner, 1)
+            if attempts >= self._attempts_max:
+                dropped.append(DroppedLease(owner, seq, attempts))
+
+    def _lease(
+        self, message: StoredMessage, attempt: int, now: float, dropped: list[DroppedLease]
+    ) -> Claimed:
+        """Record the claim of `message` as attempt `attempt`, until `now` + the lease; a
+        session over its bound drops its oldest leases (reported in `dropped`)."""
+        if self._lease_s <= 0:
+            return Claimed(message, attempt)
+        session_id = message.session_id
+        count = self._lease_count(session_id) + 1  # counted before the INSERT adds one
+        self._conn.execute(
+            "INSERT OR REPLACE INTO listen_leases (session_id, seq, deadline, attempts)"
+            " VALUES (?, ?, ?, ?)",
+            (session_id, message.seq, now + self._lease_s, attempt),
+        )
+        self.leases[session_id] = count
+        if count > self._backlog_limit:
+            gone = self._conn.execute(
+                "DELETE FROM listen_leases WHERE session_id = ? AND seq IN (SELECT seq FROM"
+                " listen_leases WHERE session_id = ? ORDER BY deadline LIMIT ?)"
+                " RETURNING seq, attempts",
+                (session_id, session_id, count - self._backlog_limit),
+            ).fetchall()
+            self.leases[session_id] = count - len(gone)
+            dropped += [DroppedLease(session_id, seq, attempts) for seq, attempts in gone]
+        return Claimed(message, attempt)
+
+    def _release(self, claimed: Claimed) -> None:
+        message = claimed.message
         session_id, seq = message.session_id, message.seq
         row = self._conn.execute(
             "SELECT id FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)
@@ -354,14 +445,32 @@ class Transaction:
             "SELECT 1 FROM listen_backlog WHERE session_id = ? AND seq = ?", (session_id, seq)
         ).fetchone():
             return  # released already
+        lease = self._conn.execute(
+            "SELECT attempts FROM listen_leases WHERE session_id = ? AND seq = ?",
+            (session_id, seq),
+        ).fetchone()
+        if lease is not None:
+            if lease[0] != claimed.attempt:  # its lease ran out and it was claimed again
+                return
+            self._conn.execute(
+                "DELETE FROM listen_leases WHERE session_id = ? AND seq = ?", (session_id, seq)
+            )
+            self._leases_less(session_id, 1)
         count = self._backlog_count(session_id)
         # Below every other entry's number: claimed next, for its session and for any.
+        # The attempts before this one still count; this one does not.
         self._conn.execute(
-            "INSERT INTO listen_backlog (n, session_id, seq) VALUES"
-            " ((SELECT COALESCE(MIN(n), 1) - 1 FROM listen_backlog), ?, ?)",
-            (session_id, seq),
+            "INSERT INTO listen_backlog (n, session_id, seq, attempts) VALUES"
+            " ((SELECT COALESCE(MIN(n), 1) - 1 FROM listen_backlog), ?, ?, ?)",
+            (session_id, seq, claimed.attempt - 1),
         )
         self.backlog[session_id] = count + 1
+
+    def _message(self, session_id: str, seq: int) -> StoredMessage | None:
+        found = self._conn.execute(
+            f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)
+        ).fetchone()
+        return StoredMessage(*found) if found else None
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -372,16 +481,19 @@ class Transaction:
         cached = self._cache.get(session_id)
         if cached is not None:
             return cached
-        # The backlog count comes along: a session not cached is likely to need it next.
+        # The backlog and lease counts come along: a session not cached is likely to
+        # need them next (a user message, an answer).
         row = self._conn.execute(
             "SELECT (SELECT MAX(seq) FROM messages WHERE session_id = ?),"
-            " (SELECT COUNT(*) FROM listen_backlog WHERE session_id = ?) FROM sessions"
+            " (SELECT COUNT(*) FROM listen_backlog WHERE session_id = ?),"
+            " (SELECT COUNT(*) FROM listen_leases WHERE session_id = ?) FROM sessions"
             " WHERE id = ?",
-            (session_id, session_id, session_id),
+            (session_id, session_id, session_id, session_id),
         ).fetchone()
         if row is None:
             return None
         self.backlog.setdefault(session_id, row[1])
+        self.leases.setdefault(session_id, row[2])
         self.seqs[session_id] = row[0] or 0
         return self.seqs[session_id]
 
@@ -396,6 +508,25 @@ class Transaction:
             )
             self.backlog[session_id] = count
         return count
+
+    def _lease_count(self, session_id: str) -> int:
+        """Outstanding Listen leases of an existing session at this point."""
+        count = self.leases.get(session_id, self._state.leases.get(session_id))
+        if count is None:
+            count = int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM listen_leases WHERE session_id = ?", (session_id,)
+                ).fetchone()[0]
+            )
+            self.leases[session_id] = count
+        return count
+
+    def _leases_less(self, session_id: str, gone: int) -> None:
+        """`gone` leases of the session were deleted; an unknown count stays unknown
+        (counted from the table when next needed, which already lacks them)."""
+        known = self.leases.get(session_id, self._state.leases.get(session_id))
+        if known is not None:
+            self.leases[session_id] = max(0, known - gone)
 
     def _keyed(self, session_id: str, key: str) -> StoredMessage | None:
         found = self._keys.get((session_id, key))
