@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+
+from tests.support import stop_process, wait_until
 
 T = TypeVar("T")
 
@@ -69,3 +73,42 @@ class Watched(list[T]):
                     await self._grew.wait()
         except TimeoutError:
             raise AssertionError(f"timed out after {within}s waiting for {what}") from None
+
+
+class RedisServer:
+    """A private `redis-server` process on a free port, for tests that stop and restart
+    the store under a bridge (never the shared Redis on 6379). Nothing is persisted."""
+
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no"]  # fmt: skip
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        wait_until(self._answers, timeout, f"redis-server on port {self.port} ({self.log_path})")
+        return self
+
+    def _answers(self) -> bool:
+        import redis
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{self.log_path.read_text()[-2000:]}")
+        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """SIGTERM and wait (SIGKILL after 10 s): the port refuses connections after this."""
+        stop_process(self.proc)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +18,7 @@ from bridge.models import Draft
 from bridge.settings import Settings
 from bridge.storage.redis import RedisStorage
 from tests.redis_support import REDIS, Watched, new_prefix, store_url, wipe
+from tests.support import ROOT
 
 pytestmark = pytest.mark.redis
 
@@ -103,36 +105,77 @@ async def test_session_lock_excludes_across_instances(pair: Pair) -> None:
     assert len(order) == 40
 
 
-async def test_lock_of_a_dead_holder_expires_and_a_live_one_times_out(
-    pair: Pair, prefix: str, monkeypatch: pytest.MonkeyPatch
+# A bridge instance that takes a session's lock and then hangs, holding it; the test kills it
+# with SIGKILL, so its lock is left to expire after the real LOCK_TTL_MS.
+_DYING_HOLDER = """
+import asyncio, sys
+from bridge.broker_redis import RedisBroker
+from bridge.settings import Settings
+
+async def main(url: str, session: str) -> None:
+    broker = RedisBroker(url, Settings(store=url))
+    await broker.start(lambda event: None)
+    async with broker.lock(session):
+        print("held", flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_lock_of_a_killed_holder_expires_before_a_waiter_gives_up(
+    pair: Pair, prefix: str, tmp_path: Path
 ) -> None:
-    a, _, _, _ = pair
+    """The real pairing: a dead holder's lock (LOCK_TTL_MS) expires before a waiter's
+    LOCK_WAIT_S runs out, so a crash never costs a 503; a lock that is never released
+    does cost one, once LOCK_WAIT_S has passed. Both run at once (about LOCK_WAIT_S)."""
+    a, b, _, _ = pair
+    url = store_url(prefix)
+    log_path = tmp_path / "holder.log"
+    with log_path.open("wb") as log:
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _DYING_HOLDER, url, "dead",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log,
+        )  # fmt: skip
     client = aioredis.Redis.from_url(REDIS)
     try:
-        # A holder that died: its lock expires after its TTL, then the waiter gets it.
-        await client.set(f"{prefix}:lock:dead", "someone-else", px=300)
-        t0 = time.monotonic()
-        async with a.lock("dead"):
-            waited = time.monotonic() - t0
-        assert 0.2 <= waited < 2.0, waited
-        # A holder that never lets go: the waiter gives up with 503 after LOCK_WAIT_S.
-        monkeypatch.setattr(broker_redis, "LOCK_WAIT_S", 0.4)
+        line = await asyncio.wait_for(holder.stdout.readline(), 30)  # type: ignore[union-attr]
+        assert line == b"held\n", log_path.read_text()
+        holder.kill()  # SIGKILL: no release, the lock stays until its TTL runs out
+        await holder.wait()
+        assert await client.pttl(f"{prefix}:lock:dead") > 0  # still held by the dead one
+        # A holder that never lets go (nothing in the bridge sets such a lock: it stands
+        # for one renewed forever).
         await client.set(f"{prefix}:lock:stuck", "someone-else", px=60_000)
-        t0 = time.monotonic()
-        with pytest.raises(StorageUnavailable, match="stayed locked"):
-            async with a.lock("stuck"):
-                pass
-        assert time.monotonic() - t0 < 2.0
+        order: list[str] = []
+
+        async def take_dead() -> None:
+            async with a.lock("dead"):
+                order.append("dead lock taken")
+
+        async def take_stuck() -> None:
+            with pytest.raises(StorageUnavailable, match="stayed locked"):
+                async with b.lock("stuck"):
+                    order.append("stuck lock taken")  # pragma: no cover - must not happen
+            order.append("stuck lock refused")
+
+        await asyncio.wait_for(asyncio.gather(take_dead(), take_stuck()), 60)
+        assert order == ["dead lock taken", "stuck lock refused"]
     finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
         await client.aclose()
 
 
-async def test_release_wakes_a_waiter_on_another_instance_at_once(
-    pair: Pair, monkeypatch: pytest.MonkeyPatch
+async def test_release_wakes_a_waiter_on_another_instance(
+    pair: Pair, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b, _, _ = pair
-    # Without the release notice the waiter would only retry every 5 s.
-    monkeypatch.setattr(broker_redis, "_LOCK_POLL_S", 5.0)
+    # Take away the safety-net poll: only the release notice (or its own deadline, after
+    # LOCK_WAIT_S) can make the waiter try again.
+    monkeypatch.setattr(broker_redis, "_LOCK_POLL_S", 3600.0)
+    order: list[str] = []
     taken = asyncio.Event()
     release = asyncio.Event()
 
@@ -140,21 +183,28 @@ async def test_release_wakes_a_waiter_on_another_instance_at_once(
         async with a.lock("handoff"):
             taken.set()
             await release.wait()
+            order.append("a releases")
 
-    async def waiter() -> float:
+    async def waiter() -> None:
         async with b.lock("handoff"):
-            return time.monotonic()
+            order.append("b holds")
 
     hold = asyncio.create_task(holder())
     await asyncio.wait_for(taken.wait(), 5)
     wait = asyncio.create_task(waiter())
-    done, _ = await asyncio.wait({wait}, timeout=0.3)
-    assert not done  # held by a: b must wait
-    t0 = time.monotonic()
+    client = aioredis.Redis.from_url(REDIS)
+    try:  # b tried, found the lock held, and asked the holder to announce its release
+        async with asyncio.timeout(10):
+            while not await client.exists(f"{prefix}:lockwait:handoff"):
+                await asyncio.sleep(0.01)  # poll interval
+    finally:
+        await client.aclose()
+    assert not wait.done() and order == []  # held by a: b waits
     release.set()
-    got_at = await asyncio.wait_for(wait, 5)
+    # Woken by the notice: well before the deadline's last try would have let it in.
+    await asyncio.wait_for(wait, broker_redis.LOCK_WAIT_S - 1)
     await hold
-    assert got_at - t0 < 1.0, got_at - t0
+    assert order == ["a releases", "b holds"]
 
 
 async def test_presence_counts_across_instances_and_forgets_dead_ones(
@@ -227,13 +277,21 @@ async def test_pubsub_reconnects_and_catches_up_from_storage(pair: Pair, prefix:
         await store.close()
 
 
-async def test_closed_broker_is_quiet(prefix: str) -> None:
+async def test_closed_broker_is_quiet(pair: Pair, prefix: str) -> None:
+    live, _, got_live, _ = pair
     url = store_url(prefix)
     broker = RedisBroker(url, Settings(store=url))
-    await broker.start(lambda event: None)
+    got_closed: Watched[Event] = Watched()
+    await broker.start(got_closed.add)
     assert await broker.presence("c", +1) == 1
     await broker.close()
     await broker.publish(_message("c", 1))  # dropped, no error
+    # Dropped: one channel keeps one order, so anything the closed broker had sent would
+    # reach the live instance before the marker published after it.
+    await live.publish(Event.of("c", "presence", subscribers=7))
+    await got_live.until(lambda got: len(got) >= 1, 5, "the marker on the live instance")
+    assert [(e.session_id, e.kind) for e in got_live] == [("c", "presence")]
+    assert got_closed == []  # and nothing is delivered to its own hub after close
     assert await broker.presence("c", -1) == 0  # sockets leaving after shutdown
     with pytest.raises(StorageUnavailable, match="shutting down"):
         async with broker.lock("c"):

@@ -6,6 +6,7 @@ whole module; each test uses its own session and its own browser context.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -25,7 +26,7 @@ StartBridge = Callable[..., RunningBridge]
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = ROOT / "docs" / "screenshot.png"
+README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
 MESSAGES = '[data-testid="stChatMessageContent"]'
 TIMEOUT_MS = 10_000
 ANYTHING = re.compile(r".*", re.S)
@@ -340,8 +341,16 @@ def test_screenshot_of_a_conversation(
     chat_page: RunningPage,
     api: BridgeClient,
     session_id: str,
+    tmp_path: Path,
 ) -> None:
-    """Makes docs/screenshot.png (shown in the README): a reply being streamed."""
+    """A screenshot of a reply being streamed, written under the test's tmp_path.
+
+    To refresh the picture in the README (docs/screenshot.png, tracked) on purpose, run
+    `REFRESH_SCREENSHOT=1 .venv/bin/pytest tests/test_browser_chat.py -k screenshot`;
+    a plain run never writes into the working tree.
+    """
+    refresh = os.environ.get("REFRESH_SCREENSHOT", "") == "1"
+    screenshot = README_SCREENSHOT if refresh else tmp_path / "screenshot.png"
     tab = open_chat(context, chat_page, session_id)
     type_message(tab, "What does the bridge do?")
     api.stream_reply(
@@ -370,13 +379,13 @@ def test_screenshot_of_a_conversation(
         expect(tab.locator(".sb-stream-text")).to_have_text(
             "Here it comes, chunk by chunk, drawn by the page as the bridge relays each piece",
         )
-        Path(SCREENSHOT).parent.mkdir(exist_ok=True)
-        tab.screenshot(path=str(SCREENSHOT))
+        png = tab.screenshot(path=str(screenshot))
     finally:
         gate.set()
         streamer.join(10)
     expect(tab.locator(MESSAGES).filter(has_text="stored as one message")).to_have_count(1)
     expect(tab.locator(".sb-stream")).to_have_count(0)
+    assert png.startswith(b"\x89PNG") and screenshot.read_bytes() == png
 
 
 def test_a_lost_history_is_reloaded_when_the_epoch_changes(

@@ -11,7 +11,7 @@ import pytest
 
 from streamlit_client.client import BridgeClient, BridgeHTTPError, session_path, ws_base
 from streamlit_client.models import Template
-from streamlit_client.subscription import Subscription, SubscriptionClosed
+from streamlit_client.subscription import Subscription
 from tests.support import RunningBridge, wait_until
 
 StartBridge = Callable[..., RunningBridge]
@@ -177,16 +177,22 @@ def test_subscription_reloads_everything_when_the_epoch_changes(
 
 
 def test_a_deleted_session_yields_reset_then_starts_again(api: BridgeClient, sid: str) -> None:
+    # protocol.md: a deletion sends `reset` and keeps the socket open (4004 is reserved).
     api.create_session(sid)
     collector = Collector(api.subscribe(sid))
     try:
         collector.wait_for(lambda: collector.seqs() == [1], "history")
         api.delete_session(sid)
         collector.wait_for(lambda: bool(collector.kinds("reset")), "reset")
-        if isinstance(collector.error, SubscriptionClosed):  # a bridge that closes with 4004
-            assert collector.error.code == 4004
-            return
         api.post_message(sid, "ai", "a new life")
-        collector.wait_for(lambda: collector.seqs() == [1, 1, 2], "the new history")
+        collector.wait_for(
+            lambda: collector.seqs() == [1, 1, 2] or collector.error is not None,
+            "the new history on the same subscription",
+        )
+        assert collector.error is None, f"the subscription ended: {collector.error!r}"
+        assert collector.thread.is_alive()
+        stored = [e for e in collector.events if e.get("event") in ("message", "reset")]
+        assert [e.get("seq") for e in stored] == [1, None, 1, 2]  # reset, then the new life
+        assert stored[-1]["message"]["content"] == "a new life"
     finally:
         collector.close()

@@ -12,13 +12,12 @@ import os
 from typing import Any
 from urllib.parse import unquote
 
+import lfx  # noqa: F401  (the `langflow` extra: missing is a failure, never a skip)
 import pytest
 
 from tests.langflow_support import LFX_WARNING_FILTERS, make_component
 from tests.langflow_support.recorder import Recorded, Reply, recording_server
 from tests.support import free_port
-
-pytest.importorskip("lfx")
 
 pytestmark = [pytest.mark.langflow, *(pytest.mark.filterwarnings(f) for f in LFX_WARNING_FILTERS)]
 

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import lfx  # noqa: F401  (the `langflow` extra: missing is a failure, never a skip)
 import pytest
 
 from tests.langflow_support import LFX_WARNING_FILTERS
 from tests.langflow_support.flows import echo_flow
 from tests.support import RunningBridge, free_port
-
-pytest.importorskip("lfx")
 
 pytestmark = [pytest.mark.langflow, *(pytest.mark.filterwarnings(f) for f in LFX_WARNING_FILTERS)]
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import lfx  # the `langflow` extra: a missing lfx fails collection, never skips
 import pytest
 
 from tests.langflow_support import (
@@ -21,8 +22,6 @@ from tests.langflow_support import (
     component_source,
     lfx_config_dir,
 )
-
-pytest.importorskip("lfx")
 
 pytestmark = [pytest.mark.langflow, *(pytest.mark.filterwarnings(f) for f in LFX_WARNING_FILTERS)]
 
@@ -140,8 +139,6 @@ def test_the_folder_loads_through_langflows_components_path_loaders() -> None:
 
 
 def test_names_are_unique_and_clash_with_no_built_in_component() -> None:
-    import lfx
-
     index_path = Path(lfx.__file__).parent / "_assets" / "component_index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
     built_in = {name for _category, components in index["entries"] for name in components}

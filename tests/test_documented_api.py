@@ -11,6 +11,7 @@ import json
 import httpx
 
 from tests.support import RunningBridge
+from tests.wsclient import recv_messages, recv_until, ws_connect
 
 
 async def test_send_component_request(bridge: RunningBridge) -> None:
@@ -22,10 +23,16 @@ async def test_send_component_request(bridge: RunningBridge) -> None:
         assert resp.status_code == 200
         body = json.loads(resp.content)
         assert body["role"] == "ai" and body["content"] == "hi" and body["type"] == "text"
-        assert json.dumps(body)
+        # The component outputs `json.dumps(body)`: it must be the stored message, every
+        # field of it, exactly as the history keeps it.
+        assert set(body) == {"id", "session_id", "seq", "role", "content", "type", "created_at"}
+        assert (body["session_id"], body["seq"]) == ("tab-1", 2)
+        assert isinstance(body["id"], str) and body["id"]
+        assert isinstance(body["created_at"], float)
         # The session did not exist: it was created with the welcome message first.
         history = (await http.get("/api/v1/sessions/tab-1/messages")).json()
         assert [m["seq"] for m in history] == [1, 2] and history[0]["role"] == "ai"
+        assert history[1] == body
 
 
 async def test_repeated_identical_posts_are_all_kept(bridge: RunningBridge) -> None:
@@ -130,3 +137,27 @@ async def test_health_ready_metrics(bridge: RunningBridge) -> None:
         text = (await http.get("/metrics")).text
         assert "bridge_messages_stored_total 2.0" in text
         assert "bridge_ws_connections" in text and "bridge_publish_to_send_seconds_bucket" in text
+
+
+async def test_reset_messages_pushes_reset_to_every_open_socket(bridge: RunningBridge) -> None:
+    # "POST /reset/messages: deletes every session; subscribers get `reset`" (protocol.md),
+    # and the sockets stay open: the next message of a session is seq 1 of a new history.
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        for sid in ("r1", "r2"):
+            body = {"role": "user", "content": sid}
+            assert (await http.post(f"/api/v1/sessions/{sid}/messages", json=body)).is_success
+        async with ws_connect(bridge.ws_url, "r1") as one, ws_connect(bridge.ws_url, "r2") as two:
+            for ws in (one, two):
+                assert [m["seq"] for m in await recv_messages(ws, 2)] == [1, 2]  # the replay
+            assert (await http.post("/api/v1/reset/messages")).json() == {"reset": True}
+            for ws in (one, two):
+                got = await recv_until(ws, lambda e: e["event"] not in ("presence",))
+                assert got[-1] == {"event": "reset"}, got
+            assert (await http.get("/api/v1/sessions")).json() == []
+            posted = await http.post(
+                "/api/v1/sessions/r1/messages", json={"role": "user", "content": "again"}
+            )
+            assert posted.json()["seq"] == 2  # the welcome is seq 1 of the new history
+            fresh = await recv_messages(one, 2)
+            assert [(m["seq"], m["content"]) for m in fresh][1:] == [(2, "again")]
+            assert fresh[0]["seq"] == 1 and fresh[0]["role"] == "ai"

@@ -215,3 +215,40 @@ async def test_template_set_on_one_instance_reaches_subscribers_on_another(
         assert (await http.get(f"{b.url}/api/v1/chats")).json()["input_msg"] == "Ask away"
         created = (await http.post(f"{b.url}/api/v1/sessions/made-on-b")).json()
         assert created[0]["content"] == "Hello from a"
+
+
+async def test_reset_on_one_instance_reaches_sockets_on_every_instance(cluster: Cluster) -> None:
+    a, b = cluster(2)
+    async with httpx.AsyncClient(timeout=20) as http, AsyncExitStack() as stack:
+        for sid in ("rx", "ry"):
+            resp = await http.post(f"{a.url}/api/v1/sessions/{sid}/messages",
+                                   json={"role": "user", "content": f"{sid} before"})
+            assert resp.json()["seq"] == 2
+        # Sockets of both sessions on the other instance, and one on the resetting one.
+        on_b_x = await stack.enter_async_context(ws_connect(b.ws_url, "rx"))
+        on_b_y = await stack.enter_async_context(ws_connect(b.ws_url, "ry"))
+        on_a_x = await stack.enter_async_context(ws_connect(a.ws_url, "rx"))
+        sockets = (on_b_x, on_b_y, on_a_x)
+        for ws in sockets:
+            await _hello(ws)
+            assert [m["seq"] for m in await recv_messages(ws, 2)] == [1, 2]
+
+        assert (await http.post(f"{a.url}/api/v1/reset/messages")).json() == {"reset": True}
+        for ws in sockets:
+            got = await recv_until(ws, lambda e: e["event"] != "presence", timeout=10)
+            assert got[-1] == {"event": "reset"}, got
+        assert (await http.get(f"{b.url}/api/v1/sessions")).json() == []
+
+        # The sockets stay open; the session's next life starts at seq 1 on every instance.
+        resp = await http.post(f"{a.url}/api/v1/sessions/rx/messages",
+                               json={"role": "user", "content": "rx after"})
+        assert resp.json()["seq"] == 2
+        for ws in (on_b_x, on_a_x):
+            fresh = await recv_messages(ws, 2)
+            assert [(m["seq"], m["role"]) for m in fresh] == [(1, "ai"), (2, "user")]
+            assert fresh[1]["content"] == "rx after"
+            await _nothing_more(ws)
+        await _nothing_more(on_b_y)  # nothing of rx reached the socket of ry
+    for bridge in (a, b):
+        log = bridge.log_path.read_text()
+        assert "pub/sub skipped" not in log, log[-2000:]
