@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -116,6 +117,13 @@ def run_chat(
         user_header=user_header,
     )
     process = subprocess.Popen(chat_command(port, host=host), env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        # Stopped by a signal that only we got (SIGTERM from `up` or a supervisor):
+        # pass it on, or Streamlit would outlive us and keep serving the page.
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -125,6 +133,9 @@ def run_chat(
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
