@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench bench-browser clean
+.PHONY: install langflow run test lint bench bench-browser clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -15,10 +15,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The real Langflow server for tests/test_langflow_*.py, in its own venv (.venv-langflow) so its
+# pins never touch the project's; idempotent (about 30-90 s and 1.8 GB the first time).
+langflow:
+	PYTHON=$(PYTHON) bash scripts/install-langflow.sh
+
 run: $(STAMP)
 	$(VENV)/bin/streamlit-bridge up
 
-test: $(STAMP)
+test: $(STAMP) langflow
 	bash scripts/test-services.sh
 	$(PY) -m pytest
 
@@ -34,4 +39,4 @@ bench-browser: $(STAMP)
 	$(PY) -m bench.browser
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-langflow data .pytest_cache .mypy_cache .ruff_cache

@@ -207,9 +207,11 @@ async def test_listen_sends_the_template_and_times_out_clearly(bridge: RunningBr
         input_msg="Ask me",
         write_speed=0.05,
         user_avatar="🧑",
+        apply_template=True,
     )
-    with pytest.raises(TimeoutError, match=r"^No user message within 1 s"):
-        await listen.session_id_response()
+    # A timeout is a normal outcome: empty output and a status, not a build error.
+    assert (await listen.session_id_response()).text == ""
+    assert listen.status.startswith("No user message within 1 s")
 
     async with subscribe(bridge, "listen-new") as tab:
         template = tab.hello["template"]
@@ -224,8 +226,7 @@ async def test_listen_can_leave_the_template_alone(bridge: RunningBridge) -> Non
     listen = make_component(
         "listen", base_url=bridge.url, timeout=1, apply_template=False, welcome_msg="Not this"
     )
-    with pytest.raises(TimeoutError):
-        await listen.session_id_response()
+    assert (await listen.session_id_response()).text == ""
     post(bridge, "listen-4", "user", "hi")
     assert history(bridge, "listen-4")[0]["content"] == "Set by template"
 

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.langflow, *(pytest.mark.filterwarnings(f) for f in LFX
 
 # Output name -> type Langflow shows for it ("JSON" is how lfx 1.13 names Data).
 EXPECTED_OUTPUTS = {
-    "send": {"text": "Message"},
+    "send": {"text": "Message", "stored_message": "Message"},
     "listen": {
         "session_id": "Message",
         "message_content": "Message",

@@ -71,6 +71,44 @@ def _bridge_session_path(session_id: Any) -> str:
     return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
 
 
+def _bridge_run_session(component: Any) -> tuple[Any, str]:
+    """The component's Session ID for this run, and a note for its status.
+
+    Langflow's run API (and the Playground) overwrite every unconnected input named
+    `session_id` with the run's session id: the request's `session_id`, or else the flow id. A
+    session the run names wins (that is how to pin one from outside); a run that names none
+    keeps the typed (or tweaked) value instead of writing to a session named after the flow. A
+    connected Session ID (e.g. Streamlit Listen's) is never touched.
+    """
+    value = component.session_id
+    vertex = getattr(component, "_vertex", None)
+    graph = getattr(vertex, "graph", None)
+    if vertex is None or graph is None:
+        return value, ""  # not inside a Langflow run: nothing replaced it
+    try:
+        if vertex.get_incoming_edge_by_target_param("session_id"):
+            return value, ""
+        field = vertex.data["node"]["template"]["session_id"]
+    except (AttributeError, KeyError, TypeError):
+        return value, ""
+    typed = "" if field.get("load_from_db") else _text_of(field.get("value")).strip()
+    received = _text_of(value).strip()
+    if received == typed:
+        return value, ""
+    if received and received == str(getattr(graph, "flow_id", "") or ""):
+        # The run named no session, so Langflow filled in the flow id: no chat has that id.
+        if typed:
+            return typed, f"Session ID {typed!r} as typed (the run named no session_id)."
+        raise ValueError(
+            "Session ID is empty: connect Streamlit Listen's Session ID, type a session id, or "
+            "pass session_id in the run request (without one, Langflow fills in the flow id, "
+            "which names no chat session)."
+        )
+    if typed:
+        return value, f"Session ID {received!r} from the run request (not the typed {typed!r})."
+    return value, f"Session ID {received!r} from the run request."
+
+
 def _bridge_role(role: Any) -> str:
     """The message role, checked here so a typo fails before anything is sent."""
     value = _text_of(role).strip()
@@ -212,7 +250,7 @@ class StreamlitBridgeChatTemplate(Component):
         ),
         StrInput(
             name="hostname",
-            display_name="hostname",
+            display_name="Hostname",
             info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
             value="localhost",
             required=True,

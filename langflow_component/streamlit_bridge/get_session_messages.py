@@ -71,6 +71,44 @@ def _bridge_session_path(session_id: Any) -> str:
     return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
 
 
+def _bridge_run_session(component: Any) -> tuple[Any, str]:
+    """The component's Session ID for this run, and a note for its status.
+
+    Langflow's run API (and the Playground) overwrite every unconnected input named
+    `session_id` with the run's session id: the request's `session_id`, or else the flow id. A
+    session the run names wins (that is how to pin one from outside); a run that names none
+    keeps the typed (or tweaked) value instead of writing to a session named after the flow. A
+    connected Session ID (e.g. Streamlit Listen's) is never touched.
+    """
+    value = component.session_id
+    vertex = getattr(component, "_vertex", None)
+    graph = getattr(vertex, "graph", None)
+    if vertex is None or graph is None:
+        return value, ""  # not inside a Langflow run: nothing replaced it
+    try:
+        if vertex.get_incoming_edge_by_target_param("session_id"):
+            return value, ""
+        field = vertex.data["node"]["template"]["session_id"]
+    except (AttributeError, KeyError, TypeError):
+        return value, ""
+    typed = "" if field.get("load_from_db") else _text_of(field.get("value")).strip()
+    received = _text_of(value).strip()
+    if received == typed:
+        return value, ""
+    if received and received == str(getattr(graph, "flow_id", "") or ""):
+        # The run named no session, so Langflow filled in the flow id: no chat has that id.
+        if typed:
+            return typed, f"Session ID {typed!r} as typed (the run named no session_id)."
+        raise ValueError(
+            "Session ID is empty: connect Streamlit Listen's Session ID, type a session id, or "
+            "pass session_id in the run request (without one, Langflow fills in the flow id, "
+            "which names no chat session)."
+        )
+    if typed:
+        return value, f"Session ID {received!r} from the run request (not the typed {typed!r})."
+    return value, f"Session ID {received!r} from the run request."
+
+
 def _bridge_role(role: Any) -> str:
     """The message role, checked here so a typo fails before anything is sent."""
     value = _text_of(role).strip()
@@ -168,7 +206,10 @@ class StreamlitBridgeGetSessionMessages(Component):
         MessageTextInput(
             name="session_id",
             display_name="Session Id",
-            info="The chat session to read: connect Streamlit Listen's Session ID.",
+            info="The chat session to read: connect Streamlit Listen's Session ID. A typed id is "
+            "replaced by the run's session_id when the run names one (Langflow does that to "
+            "every unconnected input called session_id); to pin a session, connect Listen's "
+            "Session ID or pass session_id in the run request.",
             value="",
             required=True,
         ),
@@ -189,7 +230,7 @@ class StreamlitBridgeGetSessionMessages(Component):
         ),
         StrInput(
             name="hostname",
-            display_name="hostname",
+            display_name="Hostname",
             info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
             value="localhost",
             required=True,
@@ -213,14 +254,28 @@ class StreamlitBridgeGetSessionMessages(Component):
         ),
     ]
 
+    # group_outputs: the editor shows both at once, so each can go to a different node.
     outputs = [  # noqa: RUF012
-        Output(display_name="Text", name="text", method="text_response", cache=False),
-        Output(display_name="Data", name="data", method="data_response", cache=False),
+        Output(
+            display_name="Text",
+            name="text",
+            method="text_response",
+            cache=False,
+            group_outputs=True,
+        ),
+        Output(
+            display_name="Data",
+            name="data",
+            method="data_response",
+            cache=False,
+            group_outputs=True,
+        ),
     ]
 
     def _pre_run_setup(self) -> None:
         # Called once per run before the outputs are built: read the session afresh.
         self._messages: list[dict[str, Any]] | None = None
+        self._session = ""
 
     async def text_response(self) -> Message:
         """The messages as a JSON list (oldest first)."""
@@ -229,7 +284,7 @@ class StreamlitBridgeGetSessionMessages(Component):
     async def data_response(self) -> Data:
         """The messages as {"session_id", "messages": [...]}."""
         messages = await self._read()
-        return Data(data={"session_id": _text_of(self.session_id).strip(), "messages": messages})
+        return Data(data={"session_id": self._session, "messages": messages})
 
     async def _read(self) -> list[dict[str, Any]]:
         # Both outputs of one run show the same read.
@@ -237,7 +292,8 @@ class StreamlitBridgeGetSessionMessages(Component):
         if messages is not None:
             return messages
         base = _bridge_base_url(self.base_url, self.hostname, self.port)
-        path = _bridge_session_path(self.session_id) + "/messages"
+        session_id, session_note = _bridge_run_session(self)
+        path = _bridge_session_path(session_id) + "/messages"
         try:
             limit = int(self.limit)
         except (TypeError, ValueError):
@@ -247,10 +303,11 @@ class StreamlitBridgeGetSessionMessages(Component):
         response = await _bridge_request(
             "GET", base, path, api_key=self.api_key, params={"limit": limit}, expect=(200, 204, 404)
         )
+        session = _text_of(session_id).strip()
         if response.status_code != 200:
-            session = _text_of(self.session_id).strip()
             raise LookupError(f"The Streamlit bridge at {base} has no session {session!r}.")
         messages = response.json()
         self._messages = messages
-        self.status = f"{len(messages)} message(s)."
+        self._session = session
+        self.status = f"{len(messages)} message(s) of session {session!r}. {session_note}".strip()
         return messages

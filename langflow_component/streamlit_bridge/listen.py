@@ -1,9 +1,11 @@
 """Streamlit Listen: wait for the next message a user types in a Streamlit chat tab.
 
 Drop-in replacement for the documented Langflow "Listen" component: the same inputs (names and
-defaults) and requests (`POST /api/v1/chats` with the chat template, then the long poll
-`GET /api/v1/listen/message?timeout=s`). The bridge hands each user message to exactly one
-Listen call and keeps messages typed while no flow is listening, so none are lost.
+defaults, except that sending the chat template is now off by default) and requests (the long
+poll `GET /api/v1/listen/message?timeout=s`, after `POST /api/v1/chats` when *Send Chat
+Template* is on). The bridge hands each user message to exactly one Listen call and keeps
+messages typed while no flow is listening, so none are lost. A timeout with no message ends the
+run quietly: the rest of the flow is skipped and the status says so.
 """
 
 import urllib.parse
@@ -78,6 +80,44 @@ def _bridge_session_path(session_id: Any) -> str:
         # HTTP clients resolve these as path segments, which would address another route.
         raise ValueError(f"Session ID {session!r} is not a valid session id.")
     return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
+
+
+def _bridge_run_session(component: Any) -> tuple[Any, str]:
+    """The component's Session ID for this run, and a note for its status.
+
+    Langflow's run API (and the Playground) overwrite every unconnected input named
+    `session_id` with the run's session id: the request's `session_id`, or else the flow id. A
+    session the run names wins (that is how to pin one from outside); a run that names none
+    keeps the typed (or tweaked) value instead of writing to a session named after the flow. A
+    connected Session ID (e.g. Streamlit Listen's) is never touched.
+    """
+    value = component.session_id
+    vertex = getattr(component, "_vertex", None)
+    graph = getattr(vertex, "graph", None)
+    if vertex is None or graph is None:
+        return value, ""  # not inside a Langflow run: nothing replaced it
+    try:
+        if vertex.get_incoming_edge_by_target_param("session_id"):
+            return value, ""
+        field = vertex.data["node"]["template"]["session_id"]
+    except (AttributeError, KeyError, TypeError):
+        return value, ""
+    typed = "" if field.get("load_from_db") else _text_of(field.get("value")).strip()
+    received = _text_of(value).strip()
+    if received == typed:
+        return value, ""
+    if received and received == str(getattr(graph, "flow_id", "") or ""):
+        # The run named no session, so Langflow filled in the flow id: no chat has that id.
+        if typed:
+            return typed, f"Session ID {typed!r} as typed (the run named no session_id)."
+        raise ValueError(
+            "Session ID is empty: connect Streamlit Listen's Session ID, type a session id, or "
+            "pass session_id in the run request (without one, Langflow fills in the flow id, "
+            "which names no chat session)."
+        )
+    if typed:
+        return value, f"Session ID {received!r} from the run request (not the typed {typed!r})."
+    return value, f"Session ID {received!r} from the run request."
 
 
 def _bridge_role(role: Any) -> str:
@@ -184,8 +224,9 @@ class StreamlitBridgeListen(Component):
         IntInput(
             name="timeout",
             display_name="Timeout",
-            info="Seconds to wait for a user message. If none arrives the run fails with "
-            "'no user message within N s' (the bridge may cap long waits).",
+            info="Seconds to wait for a user message. If none arrives, the run ends quietly: "
+            "the rest of the flow is skipped and Listen's status says 'No user message within "
+            "N s' (the bridge may cap long waits).",
             placeholder="Enter the listen timeout",
             value=120,
             required=True,
@@ -193,15 +234,17 @@ class StreamlitBridgeListen(Component):
         BoolInput(
             name="apply_template",
             display_name="Send Chat Template",
-            info="Before waiting, send the template below to the bridge (as the documented Listen "
-            "did). Turn off when a Streamlit Chat Template component sets it.",
-            value=True,
+            info="Before waiting, send the template below to the bridge, replacing the one in "
+            "force (the documented Listen always did). Off by default, so the template that "
+            "Streamlit Chat Template (or an earlier run) set stays.",
+            value=False,
             advanced=True,
         ),
         StrInput(
             name="welcome_msg",
             display_name="Welcome Message",
-            info="Message that will be displayed at begin of every chat.",
+            info="Message that will be displayed at begin of every chat (sent only when Send Chat "
+            "Template is on).",
             value="Welcome!",
             required=True,
             advanced=True,
@@ -209,7 +252,8 @@ class StreamlitBridgeListen(Component):
         StrInput(
             name="input_msg",
             display_name="Input Message",
-            info="A Text Input Placeholder for send message box.",
+            info="A Text Input Placeholder for send message box (sent only when Send Chat Template "
+            "is on).",
             value="Enter your message",
             required=True,
             advanced=True,
@@ -217,7 +261,8 @@ class StreamlitBridgeListen(Component):
         FloatInput(
             name="write_speed",
             display_name="Write Speed",
-            info="Seconds between words when the page types out an AI message (0: at once).",
+            info="Seconds between words when the page types out an AI message (0: at once; sent "
+            "only when Send Chat Template is on).",
             value=0.2,
             required=True,
             advanced=True,
@@ -225,7 +270,8 @@ class StreamlitBridgeListen(Component):
         MessageTextInput(
             name="ai_avatar",
             display_name="AI Avatar",
-            info="Icon to be used for AI messages. It must be an emoji!",
+            info="Icon to be used for AI messages. It must be an emoji! (Sent only when Send Chat "
+            "Template is on.)",
             value="🤖",
             required=False,
             advanced=True,
@@ -233,7 +279,8 @@ class StreamlitBridgeListen(Component):
         MessageTextInput(
             name="user_avatar",
             display_name="User Avatar",
-            info="Icon to be used for user messages. It must be an emoji!",
+            info="Icon to be used for user messages. It must be an emoji! (Sent only when Send "
+            "Chat Template is on.)",
             value="",
             required=False,
             advanced=True,
@@ -248,7 +295,7 @@ class StreamlitBridgeListen(Component):
         ),
         StrInput(
             name="hostname",
-            display_name="hostname",
+            display_name="Hostname",
             info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
             value="localhost",
             required=True,
@@ -273,24 +320,36 @@ class StreamlitBridgeListen(Component):
     ]
 
     # Every output reads the same received message: one long poll per run (see _received).
+    # group_outputs: the editor shows all four at once, so Session ID and Message Content can
+    # go to different nodes (as a dropdown, connecting a second output dropped the first edge).
     outputs = [  # noqa: RUF012
         Output(
-            display_name="Session ID", name="session_id", method="session_id_response", cache=False
+            display_name="Session ID",
+            name="session_id",
+            method="session_id_response",
+            cache=False,
+            group_outputs=True,
         ),
         Output(
             display_name="Message Content",
             name="message_content",
             method="message_content_response",
             cache=False,
+            group_outputs=True,
         ),
         Output(
-            display_name="History", name="chat_history", method="chat_history_response", cache=False
+            display_name="History",
+            name="chat_history",
+            method="chat_history_response",
+            cache=False,
+            group_outputs=True,
         ),
         Output(
             display_name="History Text",
             name="history_text",
             method="history_text_response",
             cache=False,
+            group_outputs=True,
         ),
     ]
 
@@ -302,7 +361,7 @@ class StreamlitBridgeListen(Component):
     async def session_id_response(self) -> Message:
         """The session the user typed in; connect it to Streamlit Send's Session ID."""
         received = await self._received_message()
-        return Message(text=str(received["session_id"]))
+        return Message(text=str(received.get("session_id", "")))
 
     async def message_content_response(self) -> Message:
         """What the user typed."""
@@ -316,7 +375,12 @@ class StreamlitBridgeListen(Component):
     async def chat_history_response(self) -> Data:
         """The session's earlier messages, as {"session_id", "history": [message, ...]}."""
         received = await self._received_message()
-        return Data(data={"session_id": received["session_id"], "history": self._history(received)})
+        return Data(
+            data={
+                "session_id": str(received.get("session_id", "")),
+                "history": self._history(received),
+            }
+        )
 
     async def history_text_response(self) -> Message:
         """The earlier messages as "role: content" lines, ready for a prompt's {history}."""
@@ -331,7 +395,7 @@ class StreamlitBridgeListen(Component):
 
     async def _received_message(self) -> dict[str, Any]:
         # All outputs of one run share one received message: a second long poll would take
-        # (and hide from everyone else) the next user's message.
+        # (and hide from everyone else) the next user's message. An empty dict: none came.
         received = getattr(self, "_received", None)
         if received is None:
             received = await self._listen()
@@ -363,7 +427,7 @@ class StreamlitBridgeListen(Component):
             expect=(200, 204),
         )
         if response.status_code == 204:
-            raise TimeoutError(f"No user message within {timeout} s (Streamlit Listen timeout).")
+            return self._no_message(timeout)
         received = response.json()
         if not isinstance(received, dict) or not received.get("session_id"):
             raise RuntimeError(
@@ -393,6 +457,25 @@ class StreamlitBridgeListen(Component):
             if value:
                 template[key] = value
         return template
+
+    def _no_message(self, timeout: int) -> dict[str, Any]:
+        """The timeout passed with no user message: a normal outcome, not an error.
+
+        Everything downstream of this Listen is skipped (nothing to answer, nothing to send),
+        the outputs are empty and the status says why; the run itself succeeds. Raising instead
+        made every idle loop iteration an HTTP 500 with a long traceback in Langflow's log.
+        """
+        note = (
+            f"No user message within {timeout} s (Streamlit Listen timeout): nothing to answer, "
+            "the rest of the flow was skipped."
+        )
+        self.status = note
+        self.log(note)
+        graph = getattr(getattr(self, "_vertex", None), "graph", None)
+        if graph is not None:
+            # Without an output name, every branch below this node: Send, models, Stream...
+            graph.mark_branch(vertex_id=self._vertex.id, state="INACTIVE")
+        return {}
 
     def _mark_flow_run(self, received: dict[str, Any]) -> None:
         # Streamlit Send's Rerun Flow only starts a new run when this run waited for the user.

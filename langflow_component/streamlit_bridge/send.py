@@ -1,8 +1,9 @@
 """Streamlit Send: post one chat message to a session of the streamlit-bridge.
 
 Drop-in replacement for the documented Langflow "Send" component: the same inputs (names and
-defaults), the same request (`POST /api/v1/sessions/{id}/messages`) and the same output (the
-stored message as JSON text). What changed: it is async (it no longer blocks Langflow's event
+defaults), the same request (`POST /api/v1/sessions/{id}/messages`) and the same *Text* output
+(the stored message as JSON text), plus a *Message* output (the stored message as a Langflow
+Message, e.g. for Chat Output). What changed: it is async (it no longer blocks Langflow's event
 loop), errors say what happened, and `rerun` never runs the flow nested inside itself.
 """
 
@@ -79,6 +80,44 @@ def _bridge_session_path(session_id: Any) -> str:
         # HTTP clients resolve these as path segments, which would address another route.
         raise ValueError(f"Session ID {session!r} is not a valid session id.")
     return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
+
+
+def _bridge_run_session(component: Any) -> tuple[Any, str]:
+    """The component's Session ID for this run, and a note for its status.
+
+    Langflow's run API (and the Playground) overwrite every unconnected input named
+    `session_id` with the run's session id: the request's `session_id`, or else the flow id. A
+    session the run names wins (that is how to pin one from outside); a run that names none
+    keeps the typed (or tweaked) value instead of writing to a session named after the flow. A
+    connected Session ID (e.g. Streamlit Listen's) is never touched.
+    """
+    value = component.session_id
+    vertex = getattr(component, "_vertex", None)
+    graph = getattr(vertex, "graph", None)
+    if vertex is None or graph is None:
+        return value, ""  # not inside a Langflow run: nothing replaced it
+    try:
+        if vertex.get_incoming_edge_by_target_param("session_id"):
+            return value, ""
+        field = vertex.data["node"]["template"]["session_id"]
+    except (AttributeError, KeyError, TypeError):
+        return value, ""
+    typed = "" if field.get("load_from_db") else _text_of(field.get("value")).strip()
+    received = _text_of(value).strip()
+    if received == typed:
+        return value, ""
+    if received and received == str(getattr(graph, "flow_id", "") or ""):
+        # The run named no session, so Langflow filled in the flow id: no chat has that id.
+        if typed:
+            return typed, f"Session ID {typed!r} as typed (the run named no session_id)."
+        raise ValueError(
+            "Session ID is empty: connect Streamlit Listen's Session ID, type a session id, or "
+            "pass session_id in the run request (without one, Langflow fills in the flow id, "
+            "which names no chat session)."
+        )
+    if typed:
+        return value, f"Session ID {received!r} from the run request (not the typed {typed!r})."
+    return value, f"Session ID {received!r} from the run request."
 
 
 def _bridge_role(role: Any) -> str:
@@ -181,8 +220,11 @@ class StreamlitBridgeSend(Component):
         MessageTextInput(
             name="session_id",
             display_name="Session ID",
-            info="Chat session to post to: connect the Session ID output of Streamlit Listen. "
-            "A session that does not exist yet is created (its tab shows the message as history).",
+            info="Chat session to post to: connect Streamlit Listen's Session ID. A typed id is "
+            "replaced by the run's session_id when the run names one (Langflow does that to "
+            "every unconnected input called session_id); to pin a session, connect Listen's "
+            "Session ID or pass session_id in the run request. A session that does not exist "
+            "yet is created (its tab shows the message as history).",
             placeholder="Enter the session ID",
             value="",
             required=True,
@@ -213,8 +255,8 @@ class StreamlitBridgeSend(Component):
         NestedDictInput(
             name="tweaks",
             display_name="Tweaks",
-            info="Kept so that saved flows load. Not used: Langflow's webhook runs the flow as "
-            "saved (see Rerun Flow).",
+            info="Does nothing: kept only so that flows saved with the documented Send still "
+            "load. Rerun Flow starts the flow as saved, through Langflow's webhook.",
             value={},
             advanced=True,
         ),
@@ -228,7 +270,7 @@ class StreamlitBridgeSend(Component):
         ),
         StrInput(
             name="hostname",
-            display_name="hostname",
+            display_name="Hostname",
             info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
             value="localhost",
             required=True,
@@ -258,7 +300,8 @@ class StreamlitBridgeSend(Component):
             "separate run of this flow after the message is stored (POST "
             "<Langflow URL>/api/v1/webhook/<flow id>), so its Streamlit Listen waits for the next "
             "user message. Only if Streamlit Listen ran in this run (else the flow would loop). "
-            "Without a Langflow URL it does nothing.",
+            "Without a Langflow URL it does nothing. Langflow's webhook needs a Langflow API "
+            "Key by default.",
             value=True,
             advanced=True,
         ),
@@ -272,21 +315,59 @@ class StreamlitBridgeSend(Component):
         SecretStrInput(
             name="langflow_api_key",
             display_name="Langflow API Key",
-            info="A Langflow API key for Rerun Flow, if Langflow's webhook needs one.",
+            info="A Langflow API key (Settings > API Keys) for Rerun Flow: Langflow's webhook "
+            "requires one unless LANGFLOW_WEBHOOK_AUTH_ENABLE is false.",
             value="",
             required=False,
             advanced=True,
         ),
     ]
 
+    # Both outputs show the one message stored per run (see _stored); group_outputs shows both
+    # in the editor at once instead of a dropdown.
     outputs = [  # noqa: RUF012
-        Output(display_name="Text", name="text", method="text_response", cache=False),
+        Output(
+            display_name="Text",
+            name="text",
+            method="text_response",
+            cache=False,
+            group_outputs=True,
+        ),
+        Output(
+            display_name="Message",
+            name="stored_message",
+            method="message_response",
+            cache=False,
+            group_outputs=True,
+        ),
     ]
+
+    def _pre_run_setup(self) -> None:
+        # Called once per run before the outputs are built: send afresh in each run.
+        self._stored: dict[str, Any] | None = None
 
     async def text_response(self) -> Message:
         """Store the message in the session; return the stored message as JSON text."""
+        return Message(text=json.dumps(await self._send()))
+
+    async def message_response(self) -> Message:
+        """Store the message in the session; return it as a Message (e.g. for Chat Output)."""
+        stored = await self._send()
+        ai = stored.get("role") == "ai"
+        return Message(
+            text=str(stored.get("content", "")),
+            sender="Machine" if ai else "User",
+            sender_name="AI" if ai else "User",
+        )
+
+    async def _send(self) -> dict[str, Any]:
+        """Post the message once per run, whichever outputs are connected."""
+        stored = getattr(self, "_stored", None)
+        if stored is not None:
+            return stored
         base = _bridge_base_url(self.base_url, self.hostname, self.port)
-        path = _bridge_session_path(self.session_id) + "/messages"
+        session_id, session_note = _bridge_run_session(self)
+        path = _bridge_session_path(session_id) + "/messages"
         body = {
             "role": _bridge_role(self.role),
             "content": _text_of(self.message),
@@ -295,11 +376,22 @@ class StreamlitBridgeSend(Component):
         langflow_url = self._langflow_url()  # checked before anything is sent
         response = await _bridge_request("POST", base, path, api_key=self.api_key, json=body)
         stored = response.json()
+        if not isinstance(stored, dict):
+            raise RuntimeError(
+                f"The Streamlit bridge at {base} sent an unexpected answer: {stored!r:.300}"
+            )
+        self._stored = stored
         note = await self._start_next_run(langflow_url, str(stored.get("session_id", "")))
-        self.status = (
-            f"Stored as #{stored.get('seq')} in session {stored.get('session_id')}. {note}"
+        self.status = " ".join(
+            part
+            for part in (
+                f"Stored as #{stored.get('seq')} in session {stored.get('session_id')}.",
+                session_note,
+                note,
+            )
+            if part
         )
-        return Message(text=json.dumps(stored))
+        return stored
 
     def _langflow_url(self) -> str:
         """Langflow's root URL for Rerun Flow; empty when Rerun Flow is off or has no URL."""
@@ -348,9 +440,16 @@ class StreamlitBridgeSend(Component):
                 f"{langflow_url} ({type(exc).__name__}: {str(exc) or 'no details'})."
             ) from None
         if response.status_code not in (200, 202):
+            hint = ""
+            if response.status_code in (401, 403):
+                hint = (
+                    " Set Langflow API Key to a Langflow API key (Langflow's webhook requires "
+                    "one by default)."
+                )
             raise RuntimeError(
                 f"The message was delivered, but Langflow at {langflow_url} refused to start the "
-                f"next run (HTTP {response.status_code}): {_bridge_error_detail(response)}."
+                f"next run (HTTP {response.status_code}): "
+                f"{_bridge_error_detail(response).rstrip('.')}.{hint}"
             )
         context[_RERUN_MARK] = True
         return "Rerun: Langflow started the next run."

@@ -84,6 +84,44 @@ def _bridge_session_path(session_id: Any) -> str:
     return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
 
 
+def _bridge_run_session(component: Any) -> tuple[Any, str]:
+    """The component's Session ID for this run, and a note for its status.
+
+    Langflow's run API (and the Playground) overwrite every unconnected input named
+    `session_id` with the run's session id: the request's `session_id`, or else the flow id. A
+    session the run names wins (that is how to pin one from outside); a run that names none
+    keeps the typed (or tweaked) value instead of writing to a session named after the flow. A
+    connected Session ID (e.g. Streamlit Listen's) is never touched.
+    """
+    value = component.session_id
+    vertex = getattr(component, "_vertex", None)
+    graph = getattr(vertex, "graph", None)
+    if vertex is None or graph is None:
+        return value, ""  # not inside a Langflow run: nothing replaced it
+    try:
+        if vertex.get_incoming_edge_by_target_param("session_id"):
+            return value, ""
+        field = vertex.data["node"]["template"]["session_id"]
+    except (AttributeError, KeyError, TypeError):
+        return value, ""
+    typed = "" if field.get("load_from_db") else _text_of(field.get("value")).strip()
+    received = _text_of(value).strip()
+    if received == typed:
+        return value, ""
+    if received and received == str(getattr(graph, "flow_id", "") or ""):
+        # The run named no session, so Langflow filled in the flow id: no chat has that id.
+        if typed:
+            return typed, f"Session ID {typed!r} as typed (the run named no session_id)."
+        raise ValueError(
+            "Session ID is empty: connect Streamlit Listen's Session ID, type a session id, or "
+            "pass session_id in the run request (without one, Langflow fills in the flow id, "
+            "which names no chat session)."
+        )
+    if typed:
+        return value, f"Session ID {received!r} from the run request (not the typed {typed!r})."
+    return value, f"Session ID {received!r} from the run request."
+
+
 def _bridge_role(role: Any) -> str:
     """The message role, checked here so a typo fails before anything is sent."""
     value = _text_of(role).strip()
@@ -204,7 +242,10 @@ class StreamlitBridgeStream(Component):
         MessageTextInput(
             name="session_id",
             display_name="Session ID",
-            info="Chat session to stream to: connect the Session ID output of Streamlit Listen.",
+            info="Chat session to stream to: connect Streamlit Listen's Session ID. A typed id is "
+            "replaced by the run's session_id when the run names one (Langflow does that to "
+            "every unconnected input called session_id); to pin a session, connect Listen's "
+            "Session ID or pass session_id in the run request.",
             value="",
             required=True,
         ),
@@ -248,7 +289,7 @@ class StreamlitBridgeStream(Component):
         ),
         StrInput(
             name="hostname",
-            display_name="hostname",
+            display_name="Hostname",
             info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
             value="localhost",
             required=True,
@@ -279,7 +320,8 @@ class StreamlitBridgeStream(Component):
     async def stream_response(self) -> Message:
         """Stream the model's reply to the session; return the whole reply once stored."""
         base = _bridge_base_url(self.base_url, self.hostname, self.port)
-        session_path = _bridge_session_path(self.session_id)
+        session_id, session_note = _bridge_run_session(self)
+        session_path = _bridge_session_path(session_id)
         role = _bridge_role(self.role)
         model = self.model
         if model is None or not hasattr(model, "astream"):
@@ -339,6 +381,8 @@ class StreamlitBridgeStream(Component):
         stored = response.json()
         text = str(stored.get("content", "")) if isinstance(stored, dict) else ""
         self.status = f"Streamed {chunks_sent} chunk(s), stored as #{stored.get('seq')}."
+        if session_note:
+            self.status += " " + session_note
         return Message(text=text)
 
     def _model_input(self) -> list[Any]:
