@@ -1,21 +1,42 @@
-"""How events reach the hubs of every bridge instance that serves a session.
+"""How events reach the hubs of every bridge instance that serves a session, and the one
+place a backend URL is read: `open_backend(url, settings)` builds the store and the
+broker that goes with it.
 
-One instance: `LocalBroker` hands each event straight to this process's hub. Several
-instances: the Redis broker (`bridge.broker_redis`) carries them over pub/sub so that a
-message posted on one instance reaches subscribers on all of them. Chosen by store URL.
+memory://, sqlite:///path.db   the store of `bridge.storage` with `LocalBroker`: one
+                               process, each event handed straight to its hub.
+redis://host:port/db           the Redis store with `RedisBroker` (`bridge.broker_redis`):
+                               several instances share the store, and pub/sub carries
+                               each event to all of them.
+
+A broker that needs stored messages (the Redis broker repairs gaps from history) gets
+the store itself and asks it through the `Storage` interface, never its keys or tables.
+Each backend's modules are imported only when its URL is opened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
+from bridge.errors import InvalidInput
 from bridge.events import ALL_SESSIONS, Event
 from bridge.ordering import KeyedLocks
 from bridge.settings import Settings
+from bridge.storage.base import Storage
+from bridge.values import value
 
-__all__ = ["ALL_SESSIONS", "Broker", "Deliver", "LocalBroker", "open_broker"]
+__all__ = [
+    "ALL_SESSIONS",
+    "Backend",
+    "Broker",
+    "Deliver",
+    "LocalBroker",
+    "open_backend",
+    "open_broker",
+]
 
 Deliver = Callable[[Event], None]
 
@@ -75,10 +96,95 @@ class LocalBroker:
         self._deliver = None
 
 
-def open_broker(url: str, settings: Settings) -> Broker:
-    """The broker that goes with the store at `url`."""
-    if url.startswith(("redis://", "rediss://")):
-        from bridge.broker_redis import RedisBroker  # type: ignore[import-not-found,unused-ignore]
+@value
+class Backend:
+    """A store and the broker that goes with it, both built (not yet opened or started)
+    from one URL by `open_backend`. The caller opens `storage` before starting `broker`,
+    and closes the broker first: it may read the store until it is closed."""
 
-        return RedisBroker(url, settings)  # type: ignore[no-any-return,unused-ignore]
-    return LocalBroker()
+    storage: Storage
+    broker: Broker
+
+
+def open_backend(url: str, settings: Settings) -> Backend:
+    """Build the store named by `url` and its broker; raise `InvalidInput` if the URL is
+    not one of memory://, sqlite:///relative.db, sqlite:////abs/path.db, redis://..."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from bridge.storage.memory import MemoryStorage
+
+        memory = MemoryStorage(
+            history_limit=settings.history_limit,
+            listen_backlog_per_session=settings.listen_backlog_per_session,
+            sessions_max=settings.sessions_max,
+            listen_lease_s=settings.listen_lease_s,
+            listen_attempts_max=settings.listen_attempts_max,
+        )
+        return Backend(memory, LocalBroker())
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
+            raise InvalidInput(
+                f"bad store URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
+            )
+        from bridge.storage.sqlite import SqliteStorage
+
+        sqlite = SqliteStorage(
+            Path(url[len("sqlite:///") :]),
+            history_limit=settings.history_limit,
+            listen_backlog_per_session=settings.listen_backlog_per_session,
+            sessions_max=settings.sessions_max,
+            listen_lease_s=settings.listen_lease_s,
+            listen_attempts_max=settings.listen_attempts_max,
+            synchronous=settings.sqlite_synchronous,
+            batch_max=settings.commit_batch_max,
+            busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        )
+        return Backend(sqlite, LocalBroker())
+    if scheme in ("redis", "rediss"):
+        from bridge.broker_redis import RedisBroker
+        from bridge.storage.redis import RedisStorage
+
+        shared = RedisStorage(url, settings)
+        return Backend(shared, RedisBroker(url, shared))
+    raise InvalidInput(f"unknown store URL {url!r}: use memory://, sqlite:///path.db or redis://")
+
+
+def open_broker(url: str, settings: Settings) -> Broker:
+    """Transitional, for callers that build the store apart (`open_storage`): the broker
+    of `open_backend(url, settings)`. One that reads the store gets a store of its own,
+    which its `start` opens and its `close` closes. Use `open_backend` instead."""
+    backend = open_backend(url, settings)
+    if isinstance(backend.broker, LocalBroker):
+        return backend.broker
+    return _WithOwnStore(backend)
+
+
+class _WithOwnStore:
+    """A broker bundled with the store it reads, opened and closed with it."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._storage = backend.storage
+        self._broker = backend.broker
+
+    async def start(self, deliver: Deliver) -> None:
+        await self._storage.open()
+        try:
+            await self._broker.start(deliver)
+        except BaseException:
+            await self._storage.close()
+            raise
+
+    async def publish(self, event: Event) -> None:
+        await self._broker.publish(event)
+
+    async def presence(self, session_id: str, delta: int) -> int:
+        return await self._broker.presence(session_id, delta)
+
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        return self._broker.lock(session_id)
+
+    async def close(self) -> None:
+        try:
+            await self._broker.close()
+        finally:
+            await self._storage.close()

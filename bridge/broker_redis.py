@@ -27,12 +27,23 @@ no instance ever receives. For each session with subscribers here, the broker tr
 last seq it delivered; a message event that skips seqs first makes it read the missing
 ones from storage and deliver them (as `message` events); if the skipped event shows up
 after all, it is not delivered twice. The same catch-up runs after the pub/sub
-connection was lost and is back.
+connection was lost and is back. The broker reads the store only through the `Storage`
+interface it was given (`history` in pages of `_FILL_PAGE_BYTES`, and `session_info` for
+the seq to track from), never the store's keys: `open_backend` hands it the very store
+the service writes to.
 
 Presence: `P:presence:{sid}` is a hash of instance id -> subscribers there. An instance
 refreshes `P:instance:{id}` (a key with a TTL) every few seconds; fields of instances
 whose key expired (killed) are dropped when counted. Each instance rewrites its own
 fields now and then, so the counts heal after Redis lost them.
+
+The broker's keys, beside the store's under the same prefix `P` (see `_Keys`):
+
+    P:events                channel  every event, and the lock release notices
+    P:lock:{sid}            string   the session lock: the holder's token, with a TTL
+    P:lockwait:{sid}        string   someone waits: the holder announces its release
+    P:presence:{sid}        hash     instance id -> subscribers of the session there
+    P:instance:{id}         string   an instance is alive (refreshed, with a TTL)
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from contextlib import (
     suppress,
 )
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -60,8 +72,8 @@ from bridge.broker import Deliver
 from bridge.errors import StorageUnavailable
 from bridge.events import ALL_SESSIONS, Event
 from bridge.ordering import KeyedLocks
-from bridge.settings import Settings
-from bridge.storage.redis import Keys, RedisTarget, decode_message, redis_errors
+from bridge.storage.base import Storage
+from bridge.storage.redis_target import RedisTarget, redis_errors
 
 __all__ = ["LOCK_TTL_MS", "LOCK_WAIT_S", "RedisBroker"]
 
@@ -79,6 +91,7 @@ _PRESENCE_TTL_S = 3600
 _OWN_MAX = 10_000
 _RECONNECT_MAX_S = 2.0
 _CATCH_UP_MAX = 10_000  # messages read per session when catching up after an outage
+_FILL_PAGE_BYTES = 2 * 1024 * 1024  # `max_bytes` of each history page a catch-up reads
 _UNLOCK = b"!unlock|"
 
 # KEYS: lock wait ; ARGV: token ttl_ms. 1 if taken; else 0 and the holder is asked to
@@ -100,8 +113,8 @@ if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) 
 return 1
 """
 
-# KEYS: presence meta ; ARGV: instance delta prefix ttl. Returns {subscribers over live
-# instances, the session's last seq}.
+# KEYS: presence ; ARGV: instance delta prefix ttl. Returns the subscribers over live
+# instances.
 _PRESENCE = """
 local delta = tonumber(ARGV[2])
 if delta ~= 0 then
@@ -119,8 +132,32 @@ for i = 1, #all, 2 do
   end
 end
 if #all > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
-return {total, tonumber(redis.call('HGET', KEYS[2], 'last_seq') or 0)}
+return total
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The broker's keys and channel under a prefix (the list is in the module doc)."""
+
+    prefix: str
+
+    @property
+    def events(self) -> str:
+        """The pub/sub channel of every event of this prefix."""
+        return f"{self.prefix}:events"
+
+    def lock(self, session_id: str) -> str:
+        return f"{self.prefix}:lock:{session_id}"
+
+    def lock_wait(self, session_id: str) -> str:
+        return f"{self.prefix}:lockwait:{session_id}"
+
+    def presence(self, session_id: str) -> str:
+        return f"{self.prefix}:presence:{session_id}"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}:instance:{instance_id}"
 
 
 async def _close(pubsub: PubSub) -> None:
@@ -128,11 +165,16 @@ async def _close(pubsub: PubSub) -> None:
 
 
 class RedisBroker:
-    """A `Broker` over Redis pub/sub, with cross-instance session locks and presence."""
+    """A `Broker` over Redis pub/sub, with cross-instance session locks and presence.
 
-    def __init__(self, url: str, settings: Settings) -> None:
+    `storage` is the store every instance shares (normally the Redis store of the same
+    URL, as `open_backend` pairs them): missed messages are read back from it through
+    the `Storage` interface. The broker does not open or close it."""
+
+    def __init__(self, url: str, storage: Storage) -> None:
         self._target = RedisTarget.parse(url)
-        self._keys = Keys(self._target.prefix)
+        self._keys = _Keys(self._target.prefix)
+        self._storage = storage
         self.instance_id = uuid.uuid4().hex[:12]
         self._instance = self.instance_id.encode()
         self._deliver: Deliver | None = None
@@ -347,36 +389,36 @@ class RedisBroker:
             )
 
     async def _fill(self, session_id: str, last: int, upto: int | None) -> None:
-        """Deliver the stored messages of `session_id` with `last < seq < upto`."""
-        client = self._client
-        if client is None:
-            return
-        high = "+inf" if upto is None else f"({upto}"
-        try:
-            with self._errors("read missed messages"):
-                members = await client.zrangebyscore(
-                    self._keys.session(session_id, "msgs"),
-                    f"({last}",
-                    high,
-                    start=0,
-                    num=_CATCH_UP_MAX,
+        """Deliver the stored messages of `session_id` with `last < seq < upto` (all
+        after `last` if `upto` is None; at most `_CATCH_UP_MAX`), read from the store
+        in pages of about `_FILL_PAGE_BYTES`."""
+        delivered = 0
+        cursor = last
+        while delivered < _CATCH_UP_MAX and not self._closed:
+            try:
+                page = await self._storage.history(
+                    session_id, after=cursor, before=upto, max_bytes=_FILL_PAGE_BYTES
                 )
-        except StorageUnavailable as exc:
-            log.warning("could not fill a gap in session %r: %s", session_id, exc.detail)
-            return
-        if upto is not None and members:
+            except StorageUnavailable as exc:
+                log.warning("could not fill a gap in session %r: %s", session_id, exc.detail)
+                break
+            if not page:
+                break
+            for message in page[: _CATCH_UP_MAX - delivered]:
+                if session_id in self._tracked:  # its last local subscriber may have left
+                    self._tracked[session_id] = max(self._tracked[session_id], message.seq)
+                    self._filled[session_id] = max(self._filled.get(session_id, 0), message.seq)
+                self._dispatch(Event.message(message))
+                delivered += 1
+            cursor = page[-1].seq
+            del page  # not held while the next page is read
+        if upto is not None and delivered:
             log.warning(
-                "session %r: delivering %d stored message(s) that pub/sub skipped "
+                "session %r: delivered %d stored message(s) that pub/sub skipped "
                 "(an instance stopped between store and publish, or a lock expired)",
                 session_id,
-                len(members),
+                delivered,
             )
-        for member in members:
-            message = decode_message(session_id, member)
-            if session_id in self._tracked:  # its last local subscriber may have left
-                self._tracked[session_id] = max(self._tracked[session_id], message.seq)
-                self._filled[session_id] = max(self._filled.get(session_id, 0), message.seq)
-            self._dispatch(Event.message(message))
 
     async def _catch_up(self) -> None:
         for session_id, last in list(self._tracked.items()):
@@ -469,22 +511,25 @@ class RedisBroker:
         client = self._client
         if client is None or self._closed:
             return max(after, 0)  # shutting down: sockets leave after the broker closed
+        track = after > 0 and session_id not in self._tracked
         try:
             with self._errors(f"count subscribers of {session_id!r}"):
-                total, last_seq = await self._presence(
-                    keys=[self._keys.presence(session_id), self._keys.session(session_id, "meta")],
+                total = await self._presence(
+                    keys=[self._keys.presence(session_id)],
                     args=[self.instance_id, delta, self._keys.prefix, _PRESENCE_TTL_S],
                     client=client,
                 )
+            # Where gap checks start: the session's last seq, read after the count.
+            info = await self._storage.session_info(session_id) if track else None
         except StorageUnavailable as exc:
             if delta >= 0:
                 raise
             # A socket leaving must not fail: the next resync writes the right count.
             log.warning("presence of %r not updated: %s", session_id, exc.detail)
             return max(after, 0)
-        if after > 0 and session_id not in self._tracked:
+        if track and session_id in self._local and session_id not in self._tracked:
             # From here on, a message event that skips seqs after this one is a gap.
-            self._tracked[session_id] = int(last_seq)
+            self._tracked[session_id] = info.last_seq if info is not None else 0
         return int(total)
 
     async def _beat(self, client: aioredis.Redis) -> None:

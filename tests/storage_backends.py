@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bridge.broker import open_backend
 from bridge.settings import Settings
-from bridge.storage import Storage, open_storage
+from bridge.storage import Storage
 from tests.redis_support import wipe
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -30,7 +31,7 @@ async def opened(
         prefix = "test-" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]
         url = f"{REDIS_URL}?prefix={prefix}"
     settings = Settings(store=url, **limits)  # type: ignore[arg-type]
-    store = open_storage(url, settings)
+    store = open_backend(url, settings).storage
     await store.open()
     try:
         yield store

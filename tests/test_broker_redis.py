@@ -34,10 +34,20 @@ Pair = tuple[RedisBroker, RedisBroker, Watched[Event], Watched[Event]]
 
 
 @pytest.fixture
-async def pair(prefix: str) -> AsyncIterator[Pair]:
+async def store(prefix: str) -> AsyncIterator[RedisStorage]:
+    """The Redis store the brokers read history and counters through."""
+    url = store_url(prefix)
+    opened = RedisStorage(url, Settings(store=url))
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def pair(prefix: str, store: RedisStorage) -> AsyncIterator[Pair]:
     """Two started brokers on one prefix and what each delivered."""
     url = store_url(prefix)
-    a, b = RedisBroker(url, Settings(store=url)), RedisBroker(url, Settings(store=url))
+    a, b = RedisBroker(url, store), RedisBroker(url, store)
     got_a: Watched[Event] = Watched()
     got_b: Watched[Event] = Watched()
     await a.start(got_a.add)
@@ -111,9 +121,10 @@ _DYING_HOLDER = """
 import asyncio, sys
 from bridge.broker_redis import RedisBroker
 from bridge.settings import Settings
+from bridge.storage.redis import RedisStorage
 
 async def main(url: str, session: str) -> None:
-    broker = RedisBroker(url, Settings(store=url))
+    broker = RedisBroker(url, RedisStorage(url, Settings(store=url)))
     await broker.start(lambda event: None)
     async with broker.lock(session):
         print("held", flush=True)
@@ -277,10 +288,10 @@ async def test_pubsub_reconnects_and_catches_up_from_storage(pair: Pair, prefix:
         await store.close()
 
 
-async def test_closed_broker_is_quiet(pair: Pair, prefix: str) -> None:
+async def test_closed_broker_is_quiet(pair: Pair, prefix: str, store: RedisStorage) -> None:
     live, _, got_live, _ = pair
     url = store_url(prefix)
-    broker = RedisBroker(url, Settings(store=url))
+    broker = RedisBroker(url, store)
     got_closed: Watched[Event] = Watched()
     await broker.start(got_closed.add)
     assert await broker.presence("c", +1) == 1
@@ -308,6 +319,6 @@ async def test_unreachable_redis_fails_start_with_a_clear_error() -> None:
     from tests.support import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0?prefix=nobody"
-    broker = RedisBroker(url, Settings(store=url))
+    broker = RedisBroker(url, RedisStorage(url, Settings(store=url)))
     with pytest.raises(StorageUnavailable, match="cannot reach redis"):
         await broker.start(lambda event: None)

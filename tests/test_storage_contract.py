@@ -83,6 +83,69 @@ async def test_history_windows(kind: str, tmp_path: Path) -> None:
         assert await store.history("unknown") == []
 
 
+async def test_history_with_max_bytes_stops_at_the_bound_with_at_least_one(
+    kind: str, tmp_path: Path
+) -> None:
+    sizes = [1000, 1000, 1000, 5000, 1000, 1000]  # seqs 1..6, ASCII: bytes = characters
+    async with opened(kind, tmp_path) as store:
+        await store.create_session("b", ())
+        for i, size in enumerate(sizes):
+            await store.append("b", _draft(chr(ord("a") + i) * size), ())
+
+        async def seqs(**window: int) -> list[int]:
+            return [m.seq for m in await store.history("b", **window)]
+
+        assert await seqs(max_bytes=2500) == [1, 2]  # 1 and 2 fit, 3 would pass 2500
+        assert await seqs(after=2, max_bytes=2500) == [3]
+        assert await seqs(after=3, max_bytes=2500) == [4]  # alone over the bound: still one
+        assert await seqs(after=3, max_bytes=0) == [4]
+        assert await seqs(after=4, max_bytes=10**6) == [5, 6]
+        assert await seqs(after=1, before=4, max_bytes=10**6) == [2, 3]
+        assert await seqs(last=2, max_bytes=1500) == [5]  # the oldest of the newest two
+        assert await seqs(last=3, max_bytes=10_000) == [4, 5, 6]
+        assert await seqs(after=1, before=5, last=2, max_bytes=2500) == [3]
+        assert await seqs(last=0, max_bytes=10**6) == []
+        assert await seqs(after=6, max_bytes=1) == []
+        assert await store.history("unknown", max_bytes=1) == []
+
+        # Every bound gives the first messages of the unbounded answer, as many as fit.
+        full = await store.history("b")
+        for budget in range(0, 11_000, 250):
+            page = await store.history("b", max_bytes=budget)
+            assert page and page == full[: len(page)], budget
+            weight = sum(len(m.content) for m in page)
+            assert len(page) == 1 or weight <= budget, budget
+            if len(page) < len(full):
+                with_next = weight + len(full[len(page)].content)
+                if kind == "redis":  # weighs messages as stored: a little more than content
+                    with_next += 300 * (len(page) + 1)
+                assert with_next > budget, budget  # the next one would not have fit
+
+        # Sizes are UTF-8 bytes, not characters: 600 x "é" weighs 1200 bytes.
+        for _ in range(2):
+            await store.append("u", _draft("é" * 600), ())
+        assert len(await store.history("u", max_bytes=2000)) == 1
+        assert len(await store.history("u", max_bytes=10**6)) == 2
+
+
+async def test_history_with_max_bytes_over_many_messages_matches_the_plain_read(
+    kind: str, tmp_path: Path
+) -> None:
+    # 70 messages: several of the batches a Redis script reads (16), and a cut inside one.
+    async with opened(kind, tmp_path) as store:
+        for i in range(70):
+            await store.append("m", _draft(f"{i:03}" + "x" * 97), ())  # 100 bytes each
+        windows: list[dict[str, int]] = [
+            {}, {"after": 5}, {"before": 60}, {"last": 40}, {"after": 3, "before": 66, "last": 50}
+        ]
+        for window in windows:
+            plain = await store.history("m", **window)
+            assert await store.history("m", **window, max_bytes=10**6) == plain, window
+            cut = await store.history("m", **window, max_bytes=4450)  # 44 of 100 bytes fit
+            expect = 44 if kind != "redis" else len(cut)  # Redis counts a little more
+            assert cut == plain[:expect] and 20 <= len(cut) <= 44, window
+
+
 async def test_create_session_only_once(kind: str, tmp_path: Path) -> None:
     async with opened(kind, tmp_path) as store:
         created = await store.create_session("c", WELCOME)

@@ -9,10 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from bridge.broker import open_backend
 from bridge.errors import InvalidInput, StorageUnavailable
 from bridge.models import Draft
 from bridge.settings import Settings
-from bridge.storage import open_storage
 from bridge.storage.redis import RedisStorage, redis_errors
 from tests.redis_support import REDIS, new_prefix, store_url, wipe
 from tests.support import free_port
@@ -36,7 +36,7 @@ async def _open(prefix: str, **kwargs: int) -> RedisStorage:
 
 def test_url_hides_the_password_and_keeps_the_prefix() -> None:
     url = "redis://user:s3cret@cache.internal:6380/2?prefix=chat"
-    store = open_storage(url, Settings(store=url))
+    store = open_backend(url, Settings(store=url)).storage
     assert store.url == "redis://user:***@cache.internal:6380/2?prefix=chat"
     assert "s3cret" not in store.url
     plain = RedisStorage("redis://127.0.0.1:6379/0", Settings())

@@ -33,8 +33,15 @@ __all__ = [
     "ListenClaim",
     "Storage",
     "check_page",
+    "content_bytes",
     "sessions_quota",
 ]
+
+
+def content_bytes(message: StoredMessage) -> int:
+    """The size of `message` for `Storage.history`'s `max_bytes`: its content in UTF-8."""
+    text = message.content
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def check_page(offset: int, limit: int | None) -> None:
@@ -153,9 +160,20 @@ class Storage(Protocol):
         after: int = 0,
         before: int | None = None,
         last: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StoredMessage]:
         """Messages with `after < seq < before`, oldest first; with `last`, only the
-        newest `last` of them. An unknown session has none."""
+        newest `last` of them. An unknown session has none.
+
+        With `max_bytes`, only the first of those messages (oldest first) whose sizes add
+        up to at most `max_bytes`, and always the first one however large: a page read
+        this way holds about `max_bytes` whatever its messages weigh, and the backend
+        loads little beyond it (SQLite and memory one message; Redis's script a batch of
+        16, inside Redis). A message's size is its content in UTF-8 bytes
+        (`content_bytes`); Redis weighs it as stored instead (the content with JSON
+        escapes, plus its other fields: never less, a few hundred bytes more at most for
+        ASCII text). The page may end before `before`: read on with `after=` the last
+        seq it returned."""
         ...
 
     async def last_message(self, session_id: str, role: str | None) -> StoredMessage | None:

@@ -17,6 +17,7 @@ from bridge.storage.base import (
     DroppedLease,
     ListenClaim,
     check_page,
+    content_bytes,
     sessions_quota,
 )
 
@@ -168,16 +169,28 @@ class MemoryStorage:
         after: int = 0,
         before: int | None = None,
         last: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StoredMessage]:
         session = self._sessions.get(session_id)
         if session is None or not session.messages:
             return []
-        first = session.messages[0].seq
+        messages = session.messages
+        first = messages[0].seq
         start = max(0, after + 1 - first)
-        stop = len(session.messages) if before is None else max(0, before - first)
+        stop = len(messages) if before is None else max(0, before - first)
         if last is not None:
             start = max(start, stop - last)
-        return session.messages[start:stop]
+        if max_bytes is not None and start < stop:
+            # Always the first message; then as many as fit in `max_bytes` with it.
+            total = content_bytes(messages[start])
+            end = start + 1
+            while end < stop:
+                total += content_bytes(messages[end])
+                if total > max_bytes:
+                    break
+                end += 1
+            stop = end
+        return messages[start:stop]
 
     async def last_message(self, session_id: str, role: str | None) -> StoredMessage | None:
         session = self._sessions.get(session_id)

@@ -39,29 +39,27 @@ scripts: instances whose clocks differ by a few seconds re-offer a message that 
 earlier or later, which a lease of minutes (300 s by default) absorbs.
 Scripts touch keys of other sessions only through the prefix (Listen claims of any
 session, reset), which standalone Redis allows; Redis Cluster is not supported.
+
+The URL, the client and the error mapping come from `bridge.storage.redis_target`, which
+the Redis broker shares; the broker's own keys (`P:events`, `P:lock:*`, `P:presence:*`,
+`P:instance:*`) are its business, and it reads this store only through `Storage`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-import redis.exceptions
-from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from bridge.errors import InvalidInput, StorageUnavailable
+from bridge.errors import StorageUnavailable
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
 from bridge.settings import Settings
 from bridge.storage.base import (
@@ -72,136 +70,19 @@ from bridge.storage.base import (
     check_page,
     sessions_quota,
 )
+from bridge.storage.redis_target import RedisTarget, as_text, redis_errors
 
-__all__ = [
-    "Keys",
-    "RedisStorage",
-    "RedisTarget",
-    "as_text",
-    "decode_message",
-    "redis_errors",
-]
+__all__ = ["Keys", "RedisStorage", "RedisTarget", "redis_errors"]
 
-_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# Defaults for the connection unless the URL's query names them (redis-py parses those).
-_CLIENT_DEFAULTS: dict[str, Any] = {
-    "socket_timeout": 2.0,
-    "socket_connect_timeout": 2.0,
-    "health_check_interval": 15,
-}
-# Query options passed on to redis-py (besides our own `prefix`).
-_URL_OPTIONS = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {
-    "client_name",
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_certfile",
-    "ssl_keyfile",
-}
-_POOL_SIZE = 64
-_POOL_WAIT_S = 5.0
 _RESET_BATCH = 200
-
-
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    """A parsed `redis://` store URL: where to connect, the key prefix, and options."""
-
-    client_url: str
-    prefix: str
-    shown: str
-    options: dict[str, str]
-
-    @classmethod
-    def parse(cls, url: str) -> RedisTarget:
-        """Split off `prefix`; every other query option goes to redis-py unchanged."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise InvalidInput(f"bad store URL {_mask(url)!r}: use redis://host:port/db")
-        if not re.fullmatch(r"/?|/\d{1,5}", parts.path):
-            raise InvalidInput(
-                f"bad store URL {_mask(url)!r}: the path is the database number, as in /0"
-            )
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        prefix = query.pop("prefix", "bridge")
-        if not _PREFIX.fullmatch(prefix):
-            raise InvalidInput(
-                f"bad redis key prefix {prefix[:70]!r}: use 1-64 of A-Z a-z 0-9 _ . -"
-            )
-        unknown = sorted(set(query) - _URL_OPTIONS)
-        if unknown:
-            raise InvalidInput(
-                f"bad store URL {_mask(url)!r}: unknown option {unknown[0]!r} (known: prefix, "
-                f"{', '.join(sorted(_URL_OPTIONS))})"
-            )
-        client_url = urlunsplit(parts._replace(query=urlencode(query)))
-        try:
-            parse_url(client_url)  # bad db numbers and option values fail here, not later
-        except ValueError as exc:
-            raise InvalidInput(f"bad store URL {_mask(url)!r}: {exc}") from None
-        return cls(client_url, prefix, _mask(url), query)
-
-    def connect(self, name: str, *, max_connections: int = _POOL_SIZE) -> aioredis.Redis:
-        """A client on a bounded pool: a caller waits at most `_POOL_WAIT_S` for a
-        connection; commands are never retried by the client (see the module doc).
-        `name` shows in Redis's `CLIENT LIST`, to tell instances apart."""
-        kwargs: dict[str, Any] = {
-            k: v for k, v in _CLIENT_DEFAULTS.items() if k not in self.options
-        }
-        kwargs.setdefault("client_name", f"bridge:{self.prefix}:{name}")
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.client_url,
-            max_connections=max_connections,
-            timeout=_POOL_WAIT_S,
-            retry=Retry(NoBackoff(), 0),
-            **kwargs,
-        )
-        return aioredis.Redis(connection_pool=pool)
-
-
-def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@contextmanager
-def redis_errors(where: str, what: str) -> Iterator[None]:
-    """Turn redis-py's errors into `StorageUnavailable` saying what failed and why."""
-    try:
-        yield
-    except redis.exceptions.TimeoutError as exc:
-        raise StorageUnavailable(
-            f"redis at {where} did not answer in time ({what}); a write may or may not "
-            "have happened: retry with the same Idempotency-Key"
-        ) from exc
-    except redis.exceptions.ConnectionError as exc:
-        raise StorageUnavailable(f"cannot reach redis at {where} ({what}): {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        text = str(exc)
-        # redis-py strips the error code from the text of the classes it knows.
-        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in text:
-            raise StorageUnavailable(
-                f"redis at {where} is out of memory (maxmemory reached); nothing was "
-                f"stored ({what})"
-            ) from exc
-        if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY" in text:
-            raise StorageUnavailable(
-                f"redis at {where} is a read-only replica; point the store at the primary"
-            ) from exc
-        raise StorageUnavailable(f"redis at {where} refused {what}: {text[:200]}") from exc
-    except redis.exceptions.RedisError as exc:
-        raise StorageUnavailable(f"redis at {where} failed ({what}): {exc}") from exc
+_HISTORY_BATCH = 16  # members a bounded history read takes from the zset at a time
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Every key and channel name of one prefix (the layout is in the module doc)."""
+    """The store's keys under one prefix (the layout is in the module doc). The broker
+    names its own keys under the same prefix (`bridge.broker_redis`) and reads none of
+    these: it asks the store through the `Storage` interface."""
 
     prefix: str
 
@@ -241,23 +122,6 @@ class Keys:
     def leases(self) -> str:
         return f"{self.prefix}:leases"
 
-    @property
-    def events(self) -> str:
-        """The pub/sub channel of every event of this prefix."""
-        return f"{self.prefix}:events"
-
-    def lock(self, session_id: str) -> str:
-        return f"{self.prefix}:lock:{session_id}"
-
-    def lock_wait(self, session_id: str) -> str:
-        return f"{self.prefix}:lockwait:{session_id}"
-
-    def presence(self, session_id: str) -> str:
-        return f"{self.prefix}:presence:{session_id}"
-
-    def instance(self, instance_id: str) -> str:
-        return f"{self.prefix}:instance:{instance_id}"
-
 
 def _encode(message: StoredMessage) -> str:
     # ASCII-only JSON: a lone surrogate in content survives as an escape instead of
@@ -274,12 +138,7 @@ def _encode(message: StoredMessage) -> str:
     )
 
 
-def as_text(value: object) -> str:
-    """A reply of a client without `decode_responses` (bytes) as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def decode_message(session_id: str, member: object) -> StoredMessage:
+def _decode(session_id: str, member: object) -> StoredMessage:
     """A message from its `P:s:{sid}:msgs` member, `seq|{json}`."""
     seq, _, body = as_text(member).partition("|")
     data = json.loads(body)
@@ -356,6 +215,29 @@ if redis.call('ZCARD', KEYS[2]) > limit + math.max(1, math.floor(limit / 10)) th
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', last - limit)
 end
 return {1, last, created}
+"""
+
+# KEYS: msgs ; ARGV: low high last max_bytes batch. `history` with `max_bytes`: members
+# with score in [low, high] (only the newest `last` of them unless last is -1), oldest
+# first, while their lengths add up to at most max_bytes, and always the first. Read in
+# batches of `batch` from the score after the last one taken, so that the script holds
+# at most one batch beyond the page, however large the messages.
+_HISTORY = """
+local low, high = ARGV[1], ARGV[2]
+local last, budget, batch = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local skip = 0
+if last >= 0 then skip = math.max(0, redis.call('ZCOUNT', KEYS[1], low, high) - last) end
+local out, total = {}, 0
+while true do
+  local got = redis.call('ZRANGEBYSCORE', KEYS[1], low, high, 'WITHSCORES', 'LIMIT', skip, batch)
+  for i = 1, #got, 2 do
+    total = total + #got[i]
+    if #out > 0 and total > budget then return out end
+    out[#out + 1] = got[i]
+  end
+  if #got < 2 * batch then return out end
+  low, skip = '(' .. got[#got], 0
+end
 """
 
 # KEYS: meta msgs ; ARGV: role. The newest kept message of that role, or nil.
@@ -543,6 +425,7 @@ class RedisStorage:
         self._reset: AsyncScript
         self._claim: AsyncScript
         self._release: AsyncScript
+        self._history: AsyncScript
 
     @property
     def epoch(self) -> str:
@@ -567,6 +450,7 @@ class RedisStorage:
         self._reset = client.register_script(_RESET)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._history = client.register_script(_HISTORY)
         try:
             await self._adopt_epoch(client)
         except StorageUnavailable:
@@ -671,7 +555,7 @@ class RedisStorage:
     async def append(self, session_id: str, draft: Draft, seed: Sequence[Draft]) -> Appended:
         reply, messages = await self._run_append(session_id, "append", [*seed, draft], draft.key)
         if reply[0] == 2:
-            return Appended(decode_message(session_id, reply[1]), (), True)
+            return Appended(_decode(session_id, reply[1]), (), True)
         last_seq, created = int(reply[1]), bool(reply[2])
         stored = self._numbered(messages if created else messages[-1:], last_seq)
         return Appended(stored[-1], tuple(stored), False)
@@ -722,7 +606,7 @@ class RedisStorage:
         if int(reply[0]) == 0:
             return ListenClaim(None, dropped)
         owner = as_text(reply[1])
-        return ListenClaim(Claimed(decode_message(owner, reply[2]), int(reply[3])), dropped)
+        return ListenClaim(Claimed(_decode(owner, reply[2]), int(reply[3])), dropped)
 
     async def token_secret(self) -> bytes:
         if self._token_secret is None:
@@ -765,20 +649,27 @@ class RedisStorage:
         after: int = 0,
         before: int | None = None,
         last: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StoredMessage]:
         key = self._keys.session(session_id, "msgs")
         low = f"({after}"
         high = "+inf" if before is None else f"({before}"
         client = self._redis()
         with self._errors(f"read the history of {session_id!r}"):
-            if last is None:
-                members = await client.zrangebyscore(key, low, high)
-            elif last <= 0:
+            if last is not None and last <= 0:
                 return []
+            if max_bytes is not None:
+                members = await self._history(
+                    keys=[key],
+                    args=[low, high, -1 if last is None else last, max_bytes, _HISTORY_BATCH],
+                    client=client,
+                )
+            elif last is None:
+                members = await client.zrangebyscore(key, low, high)
             else:
                 members = await client.zrevrangebyscore(key, high, low, start=0, num=last)
                 members.reverse()
-        return [decode_message(session_id, m) for m in members]
+        return [_decode(session_id, m) for m in members]
 
     async def last_message(self, session_id: str, role: str | None) -> StoredMessage | None:
         client = self._redis()
@@ -795,7 +686,7 @@ class RedisStorage:
                     args=[role],
                     client=client,
                 )
-        return None if member is None else decode_message(session_id, member)
+        return None if member is None else _decode(session_id, member)
 
     async def session_info(self, session_id: str) -> SessionInfo | None:
         client = self._redis()

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from bridge.errors import BridgeError, StorageUnavailable
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
-from bridge.storage.base import Appended, Claimed, ListenClaim, check_page
+from bridge.storage.base import Appended, Claimed, ListenClaim, check_page, content_bytes
 from bridge.storage.sqlite_txn import (
     COLUMNS,
     Append,
@@ -84,6 +84,46 @@ CREATE INDEX IF NOT EXISTS listen_leases_session ON listen_leases (session_id, d
 
 def _row(row: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(*row)
+
+
+def _page(
+    conn: sqlite3.Connection,
+    session_id: str,
+    after: int,
+    upper: int,
+    last: int | None,
+    max_bytes: int,
+) -> list[StoredMessage]:
+    """`history` with `max_bytes`: rows are read one by one and reading stops at the
+    first that does not fit, so no more than one message past the page is loaded."""
+    low = after
+    if last is not None:
+        if last <= 0:
+            return []
+        # The oldest of the newest `last`, where the page starts (none: fewer are kept).
+        row = conn.execute(
+            "SELECT seq FROM messages WHERE session_id = ? AND seq > ? AND seq < ?"
+            " ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (session_id, after, upper, last - 1),
+        ).fetchone()
+        if row is not None:
+            low = row[0] - 1
+    cursor = conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq > ? AND seq < ? ORDER BY seq",
+        (session_id, low, upper),
+    )
+    page: list[StoredMessage] = []
+    total = 0
+    try:
+        for row in cursor:
+            message = _row(row)
+            total += content_bytes(message)
+            if page and total > max_bytes:
+                break
+            page.append(message)
+    finally:
+        cursor.close()  # ends the read: an open statement would pin the WAL snapshot
+    return page
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -348,8 +388,12 @@ class SqliteStorage:
         after: int = 0,
         before: int | None = None,
         last: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[StoredMessage]:
         upper = before if before is not None else 2**62
+        if max_bytes is not None:
+            bound = max_bytes
+            return await self._read(lambda c: _page(c, session_id, after, upper, last, bound))
 
         def op(conn: sqlite3.Connection) -> list[StoredMessage]:
             if last is None:
