@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install langflow run test lint bench bench-browser clean
+.PHONY: install langflow run test lint components bench bench-browser clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -28,8 +28,14 @@ test: $(STAMP) langflow
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bridge streamlit_client langflow_component tests bench
+	$(VENV)/bin/ruff check bridge streamlit_client langflow_component scripts/gen_components.py tests bench
+	$(PY) scripts/gen_components.py --check
 	$(VENV)/bin/mypy
+
+# Write the shared helpers (their one source: langflow_component/__shared_helpers__.py) into
+# the generated region of every Langflow component file. Standard library only: no install.
+components:
+	$(PYTHON) scripts/gen_components.py
 
 bench: $(STAMP)
 	$(PY) -m bench

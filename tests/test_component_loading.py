@@ -6,8 +6,11 @@ No bridge needed: these tests only read and build the component files.
 from __future__ import annotations
 
 import ast
+import asyncio
+import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from tests.langflow_support import (
     COMPONENTS,
     COMPONENTS_PATH,
     LFX_WARNING_FILTERS,
+    ROOT,
     component_source,
     lfx_config_dir,
 )
@@ -75,8 +79,17 @@ DOCUMENTED_INPUTS: dict[str, dict[str, Any]] = {
     "stream": {"session_id": "", "role": "ai"},
 }
 
-HELPERS_START = "# Bridge HTTP helpers."
-HELPERS_END = "# End of the bridge HTTP helpers."
+SHARED_SOURCE = COMPONENTS_PATH / "__shared_helpers__.py"  # the one source of the helpers
+GENERATOR = ROOT / "scripts" / "gen_components.py"
+
+
+def load_generator() -> Any:
+    """scripts/gen_components.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("gen_components", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_template(stem: str) -> tuple[str, dict[str, Any]]:
@@ -117,25 +130,38 @@ def test_documented_input_names_and_defaults_are_kept(stem: str) -> None:
 
 
 def test_the_folder_loads_through_langflows_components_path_loaders() -> None:
-    """Both loaders that walk LANGFLOW_COMPONENTS_PATH take the folder, with no errors."""
+    """The three loaders that walk LANGFLOW_COMPONENTS_PATH find exactly the six components:
+    not the shared helpers' source at the top of the folder, and with no errors."""
     lfx_config_dir()
+    from lfx.custom.directory_reader import DirectoryReader
     from lfx.custom.utils import build_custom_components, create_component_template
     from lfx.extension.loader import discover_inline_bundles
+    from lfx.interface.components import aget_component_metadata
 
-    # The inline-bundle loader (Langflow 1.13 palette): subfolder = bundle, files imported.
-    results = [r for r in discover_inline_bundles([COMPONENTS_PATH]) if r.bundle]
+    # The inline-bundle loader (Langflow 1.13 palette): subfolder = bundle, files imported. A
+    # folder it cannot take (e.g. `_shared/`) comes back as an error without a bundle name.
+    results = discover_inline_bundles([COMPONENTS_PATH])
+    assert [(r.errors, r.warnings) for r in results] == [([], [])] * len(results), results
     assert [r.bundle for r in results] == ["streamlit_bridge"]
     (bundle,) = results
-    assert bundle.errors == [] and bundle.warnings == []
     assert sorted(c.class_name for c in bundle.components) == sorted(COMPONENTS.values())
     for loaded in bundle.components:
         component_template, _ = create_component_template(component_extractor=loaded.klass())
         assert component_template["outputs"], loaded.class_name
 
-    # The legacy custom-components loader: builds each file from its source text.
+    # The legacy custom-components loader: reads every .py up to two levels down whose name
+    # does not start with "__", and builds each from its source text.
+    read = sorted(Path(f) for f in DirectoryReader(str(COMPONENTS_PATH)).get_files())
+    assert read == sorted(COMPONENT_DIR / f"{stem}.py" for stem in COMPONENTS)
     legacy = build_custom_components([str(COMPONENTS_PATH)])
     assert list(legacy) == ["streamlit_bridge"]
     assert sorted(legacy["streamlit_bridge"]) == sorted(COMPONENTS.values())
+
+    # The lazy loader (LANGFLOW_LAZY_LOAD_COMPONENTS): category folders, then their files.
+    lazy = asyncio.run(aget_component_metadata([str(COMPONENTS_PATH)]))["components"]
+    assert {category: sorted(names) for category, names in lazy.items() if names} == {
+        "streamlit_bridge": sorted(COMPONENTS)
+    }
 
 
 def test_names_are_unique_and_clash_with_no_built_in_component() -> None:
@@ -149,19 +175,50 @@ def test_names_are_unique_and_clash_with_no_built_in_component() -> None:
     assert not set(names) & built_in
 
 
-def helpers_block(source: str) -> str:
-    start = source.index(HELPERS_START)
-    end = source.index(HELPERS_END)
-    return source[start:end]
+def test_the_component_files_equal_the_generators_output() -> None:
+    """Each file must be self-contained, so the shared helpers are copied into it: by
+    scripts/gen_components.py (`make components`) from their one source, never by hand."""
+    generator = load_generator()
+    expected = generator.expected_files()
+
+    assert sorted(expected) == sorted(COMPONENT_DIR / f"{stem}.py" for stem in COMPONENTS)
+    for path, text in expected.items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.name} differs from what scripts/gen_components.py writes: edit "
+            f"{SHARED_SOURCE.name} (not a copy) and run `make components`; "
+            "`python scripts/gen_components.py --check` shows the diff"
+        )
+        assert "async def _bridge_request" in text and "*_BRIDGE_CONNECTION_INPUTS" in text
 
 
-def test_the_copied_bridge_helpers_are_identical_in_every_file() -> None:
-    """Each file must be self-contained, so the HTTP helpers are copied: they must not drift."""
-    blocks = {stem: helpers_block(component_source(stem)) for stem in COMPONENTS}
-    reference = blocks["send"]
-    assert "async def _bridge_request" in reference
-    for stem, block in blocks.items():
-        assert block == reference, f"{stem}.py: its bridge helpers differ from send.py's"
+def test_the_generator_finds_a_drifted_copy_and_rewrites_it(tmp_path: Path) -> None:
+    """--check exits 1 and names the file whose copy was edited by hand; a run restores it and
+    writes an edit of the one source into every file."""
+    folder = tmp_path / "langflow_component"
+    shutil.copytree(COMPONENTS_PATH, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    generator = load_generator()
+    check = ["--check", "--path", str(folder)]
+    listen = folder / COMPONENT_DIR.name / "listen.py"
+    source = folder / SHARED_SOURCE.name
+    original = listen.read_text(encoding="utf-8")
+
+    assert generator.main(check) == 0
+    listen.write_text(original.replace("_BRIDGE_TIMEOUT = 10.0", "_BRIDGE_TIMEOUT = 30.0"))
+    assert generator.main(check) == 1
+    assert generator.main(["--path", str(folder)]) == 0
+    assert listen.read_text(encoding="utf-8") == original
+    assert generator.main(check) == 0
+
+    source.write_text(
+        source.read_text(encoding="utf-8").replace(
+            "_BRIDGE_TIMEOUT = 10.0", "_BRIDGE_TIMEOUT = 9.0"
+        )
+    )
+    assert generator.main(check) == 1
+    assert generator.main(["--path", str(folder)]) == 0
+    for stem in COMPONENTS:
+        text = (folder / COMPONENT_DIR.name / f"{stem}.py").read_text(encoding="utf-8")
+        assert "_BRIDGE_TIMEOUT = 9.0" in text and "_BRIDGE_TIMEOUT = 10.0" not in text
 
 
 @pytest.mark.parametrize("stem", sorted(COMPONENTS))
@@ -208,7 +265,10 @@ def test_files_follow_the_rules_of_langflows_rebuild(stem: str) -> None:
 
 
 def test_nothing_but_components_in_the_folder() -> None:
-    """Langflow imports every .py under the folder at startup: tests must live elsewhere."""
+    """Langflow imports every .py under the folder at startup: tests must live elsewhere, and
+    next to the category folder there is only the helpers' source (a name Langflow skips)."""
+    top = sorted(p.name for p in COMPONENTS_PATH.iterdir() if p.name != "__pycache__")
+    assert top == sorted([SHARED_SOURCE.name, COMPONENT_DIR.name])
     python_files = sorted(p.name for p in COMPONENT_DIR.rglob("*.py"))
     assert python_files == sorted([*(f"{stem}.py" for stem in COMPONENTS), "__init__.py"])
     init_source = (COMPONENT_DIR / "__init__.py").read_text(encoding="utf-8")

@@ -25,17 +25,52 @@ from lfx.io import (
 )
 from lfx.schema.message import Message
 
-# ----------------------------------------------------------------------------------------------
-# Bridge HTTP helpers. Langflow rebuilds every node from its own file's text, so the component
-# files cannot import a shared module: this block is copied verbatim into each file of this
-# folder, and tests/test_component_loading.py fails if the copies drift apart.
-# ----------------------------------------------------------------------------------------------
+# --- begin shared helpers: generated from langflow_component/__shared_helpers__.py ---
+# Do not edit this region: edit that file, then run `make components` (scripts/gen_components.py).
+# Langflow rebuilds each node from its own file's source, so every component file carries a copy.
 
 _BRIDGE_TIMEOUT = 10.0  # seconds for one ordinary call; the long poll and streams set their own
 _BRIDGE_ROLES = ("ai", "user")
 # Streamlit Listen marks the flow run with this key so Streamlit Send knows that a new run
 # would wait for the next user message (and so cannot loop on its own).
 _BRIDGE_LISTEN_MARK = "streamlit_bridge.listened_session"
+
+# Where the bridge is and how to sign in to it: the last inputs of every component (Send adds
+# its Rerun Flow inputs after them), listed in a component's inputs as *_BRIDGE_CONNECTION_INPUTS.
+_BRIDGE_CONNECTION_INPUTS = [
+    IntInput(
+        name="port",
+        display_name="Port",
+        info="Port of the streamlit-bridge (ignored when Base URL is set).",
+        value=7881,
+        required=True,
+        advanced=True,
+    ),
+    StrInput(
+        name="hostname",
+        display_name="Hostname",
+        info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
+        value="localhost",
+        required=True,
+        advanced=True,
+    ),
+    StrInput(
+        name="base_url",
+        display_name="Base URL",
+        info="Full URL of the bridge, e.g. https://chat.example.com/bridge. "
+        "Overrides hostname and port.",
+        value="",
+        advanced=True,
+    ),
+    SecretStrInput(
+        name="api_key",
+        display_name="API Key",
+        info="The bridge's API key (BRIDGE_API_KEY), sent as x-api-key. Empty: none.",
+        value="",
+        required=False,
+        advanced=True,
+    ),
+]
 
 
 def _text_of(value: Any) -> str:
@@ -128,6 +163,30 @@ def _bridge_role(role: Any) -> str:
     return value
 
 
+def _bridge_chat_template(component: Any) -> dict[str, Any]:
+    """The chat template (the body of `POST /api/v1/chats`) from a component's template inputs:
+    welcome_msg, input_msg, write_speed, ai_avatar and user_avatar."""
+    try:
+        write_speed = float(component.write_speed)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Write Speed must be a number of seconds, got {component.write_speed!r}."
+        ) from None
+    if write_speed < 0:
+        raise ValueError(f"Write Speed cannot be negative, got {write_speed}.")
+    template: dict[str, Any] = {
+        "welcome_msg": _text_of(component.welcome_msg),
+        "input_msg": _text_of(component.input_msg),
+        "write_speed": write_speed,
+    }
+    # Avatars are optional: the documented template leaves them out when empty.
+    for key in ("ai_avatar", "user_avatar"):
+        value = _text_of(getattr(component, key)).strip()
+        if value:
+            template[key] = value
+    return template
+
+
 def _bridge_headers(api_key: Any) -> dict[str, str]:
     """The auth header for a bridge that has an API key configured (none otherwise)."""
     key = _text_of(api_key).strip()
@@ -200,9 +259,7 @@ async def _bridge_request(
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# End of the bridge HTTP helpers.
-# ----------------------------------------------------------------------------------------------
+# --- end shared helpers ---
 
 _LANGFLOW_TIMEOUT = 10.0  # seconds; Langflow's webhook answers at once and runs in the background
 _RERUN_MARK = "streamlit_bridge.next_run_started"  # set once a Send of this run started the next
@@ -260,38 +317,7 @@ class StreamlitBridgeSend(Component):
             value={},
             advanced=True,
         ),
-        IntInput(
-            name="port",
-            display_name="Port",
-            info="Port of the streamlit-bridge (ignored when Base URL is set).",
-            value=7881,
-            required=True,
-            advanced=True,
-        ),
-        StrInput(
-            name="hostname",
-            display_name="Hostname",
-            info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
-            value="localhost",
-            required=True,
-            advanced=True,
-        ),
-        StrInput(
-            name="base_url",
-            display_name="Base URL",
-            info="Full URL of the bridge, e.g. https://chat.example.com/bridge. "
-            "Overrides hostname and port.",
-            value="",
-            advanced=True,
-        ),
-        SecretStrInput(
-            name="api_key",
-            display_name="API Key",
-            info="The bridge's API key (BRIDGE_API_KEY), sent as x-api-key. Empty: none.",
-            value="",
-            required=False,
-            advanced=True,
-        ),
+        *_BRIDGE_CONNECTION_INPUTS,
         BoolInput(
             name="rerun",
             display_name="Rerun Flow",

@@ -1,0 +1,252 @@
+"""The one source of the code every Streamlit Bridge component carries (not a component).
+
+Langflow rebuilds each node from its own file's source, so a component file cannot import a
+shared module. Instead `scripts/gen_components.py` (`make components`) copies the block between
+the two markers below into the generated region of every file in `streamlit_bridge/`, and
+tests/test_component_loading.py fails when a committed file differs from what it writes. Edit
+the helpers here, never in a component file, then run `make components`.
+
+Langflow does not load this file: the LANGFLOW_COMPONENTS_PATH loaders take components from the
+category folders below that path (a file at its top level is not a category), and the one that
+walks files skips names that start with "__". The imports here are the ones the block needs:
+every component file must import the same names (the generator checks).
+"""
+
+import urllib.parse
+from typing import Any
+
+import httpx
+from lfx.io import IntInput, SecretStrInput, StrInput
+
+# --- begin shared helpers ---
+_BRIDGE_TIMEOUT = 10.0  # seconds for one ordinary call; the long poll and streams set their own
+_BRIDGE_ROLES = ("ai", "user")
+# Streamlit Listen marks the flow run with this key so Streamlit Send knows that a new run
+# would wait for the next user message (and so cannot loop on its own).
+_BRIDGE_LISTEN_MARK = "streamlit_bridge.listened_session"
+
+# Where the bridge is and how to sign in to it: the last inputs of every component (Send adds
+# its Rerun Flow inputs after them), listed in a component's inputs as *_BRIDGE_CONNECTION_INPUTS.
+_BRIDGE_CONNECTION_INPUTS = [
+    IntInput(
+        name="port",
+        display_name="Port",
+        info="Port of the streamlit-bridge (ignored when Base URL is set).",
+        value=7881,
+        required=True,
+        advanced=True,
+    ),
+    StrInput(
+        name="hostname",
+        display_name="Hostname",
+        info="IP or hostname of the streamlit-bridge (ignored when Base URL is set).",
+        value="localhost",
+        required=True,
+        advanced=True,
+    ),
+    StrInput(
+        name="base_url",
+        display_name="Base URL",
+        info="Full URL of the bridge, e.g. https://chat.example.com/bridge. "
+        "Overrides hostname and port.",
+        value="",
+        advanced=True,
+    ),
+    SecretStrInput(
+        name="api_key",
+        display_name="API Key",
+        info="The bridge's API key (BRIDGE_API_KEY), sent as x-api-key. Empty: none.",
+        value="",
+        required=False,
+        advanced=True,
+    ),
+]
+
+
+def _text_of(value: Any) -> str:
+    """The text of an input value: a connected Message or Data gives its text, None gives ''."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    get_text = getattr(value, "get_text", None)
+    text = get_text() if callable(get_text) else value
+    return "" if text is None else str(text)
+
+
+def _bridge_base_url(base_url: Any, hostname: Any, port: Any) -> str:
+    """The bridge's root URL: `base_url` when set (https and path prefixes work), else host:port."""
+    url = _text_of(base_url).strip().rstrip("/")
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Base URL must start with http:// or https://, got {url!r}.")
+        return url
+    host = _text_of(hostname).strip() or "localhost"
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"Port must be a whole number, got {port!r}.") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"Port must be between 1 and 65535, got {number}.")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal needs brackets inside a URL
+    return f"http://{host}:{number}"
+
+
+def _bridge_session_path(session_id: Any) -> str:
+    """`/api/v1/sessions/<id>` with the id percent-encoded, so it can never pick another route."""
+    session = _text_of(session_id).strip()
+    if not session:
+        raise ValueError(
+            "Session ID is empty: connect the Session ID output of Streamlit Listen "
+            "(or Streamlit Last Session), or type the id of a chat session."
+        )
+    if session in (".", ".."):
+        # HTTP clients resolve these as path segments, which would address another route.
+        raise ValueError(f"Session ID {session!r} is not a valid session id.")
+    return "/api/v1/sessions/" + urllib.parse.quote(session, safe="")
+
+
+def _bridge_run_session(component: Any) -> tuple[Any, str]:
+    """The component's Session ID for this run, and a note for its status.
+
+    Langflow's run API (and the Playground) overwrite every unconnected input named
+    `session_id` with the run's session id: the request's `session_id`, or else the flow id. A
+    session the run names wins (that is how to pin one from outside); a run that names none
+    keeps the typed (or tweaked) value instead of writing to a session named after the flow. A
+    connected Session ID (e.g. Streamlit Listen's) is never touched.
+    """
+    value = component.session_id
+    vertex = getattr(component, "_vertex", None)
+    graph = getattr(vertex, "graph", None)
+    if vertex is None or graph is None:
+        return value, ""  # not inside a Langflow run: nothing replaced it
+    try:
+        if vertex.get_incoming_edge_by_target_param("session_id"):
+            return value, ""
+        field = vertex.data["node"]["template"]["session_id"]
+    except (AttributeError, KeyError, TypeError):
+        return value, ""
+    typed = "" if field.get("load_from_db") else _text_of(field.get("value")).strip()
+    received = _text_of(value).strip()
+    if received == typed:
+        return value, ""
+    if received and received == str(getattr(graph, "flow_id", "") or ""):
+        # The run named no session, so Langflow filled in the flow id: no chat has that id.
+        if typed:
+            return typed, f"Session ID {typed!r} as typed (the run named no session_id)."
+        raise ValueError(
+            "Session ID is empty: connect Streamlit Listen's Session ID, type a session id, or "
+            "pass session_id in the run request (without one, Langflow fills in the flow id, "
+            "which names no chat session)."
+        )
+    if typed:
+        return value, f"Session ID {received!r} from the run request (not the typed {typed!r})."
+    return value, f"Session ID {received!r} from the run request."
+
+
+def _bridge_role(role: Any) -> str:
+    """The message role, checked here so a typo fails before anything is sent."""
+    value = _text_of(role).strip()
+    if value not in _BRIDGE_ROLES:
+        raise ValueError(f"Role must be one of {', '.join(_BRIDGE_ROLES)}; got {value!r}.")
+    return value
+
+
+def _bridge_chat_template(component: Any) -> dict[str, Any]:
+    """The chat template (the body of `POST /api/v1/chats`) from a component's template inputs:
+    welcome_msg, input_msg, write_speed, ai_avatar and user_avatar."""
+    try:
+        write_speed = float(component.write_speed)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Write Speed must be a number of seconds, got {component.write_speed!r}."
+        ) from None
+    if write_speed < 0:
+        raise ValueError(f"Write Speed cannot be negative, got {write_speed}.")
+    template: dict[str, Any] = {
+        "welcome_msg": _text_of(component.welcome_msg),
+        "input_msg": _text_of(component.input_msg),
+        "write_speed": write_speed,
+    }
+    # Avatars are optional: the documented template leaves them out when empty.
+    for key in ("ai_avatar", "user_avatar"):
+        value = _text_of(getattr(component, key)).strip()
+        if value:
+            template[key] = value
+    return template
+
+
+def _bridge_headers(api_key: Any) -> dict[str, str]:
+    """The auth header for a bridge that has an API key configured (none otherwise)."""
+    key = _text_of(api_key).strip()
+    return {"x-api-key": key} if key else {}
+
+
+def _bridge_error_detail(response: httpx.Response) -> str:
+    """The bridge's own explanation of a refused request (`{"detail": ...}`), shortened."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):  # request validation errors: a list of {"loc", "msg"}
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query"))
+                parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        detail = "; ".join(parts)
+    return str(detail)[:500]
+
+
+async def _bridge_request(
+    method: str,
+    base: str,
+    path: str,
+    *,
+    api_key: Any = None,
+    http_timeout: Any = _BRIDGE_TIMEOUT,
+    expect: tuple[int, ...] = (200,),
+    headers: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One HTTP call to the bridge; any failure becomes an exception whose message says what
+    happened (Langflow shows only the message, so an httpx traceback would tell users nothing).
+    """
+    url = base + path
+    all_headers = {**_bridge_headers(api_key), **(headers or {})}
+    try:
+        async with httpx.AsyncClient(timeout=http_timeout) as client:
+            response = await client.request(method, url, headers=all_headers, **kwargs)
+    except httpx.ConnectError as exc:
+        raise ConnectionError(
+            f"Cannot reach the Streamlit bridge at {base} ({str(exc) or type(exc).__name__}). "
+            "Is it running (streamlit-bridge serve)? Check the hostname and port, or the base URL."
+        ) from None
+    except httpx.TimeoutException as exc:
+        # httpx timeout exceptions often have an empty message: name the call instead.
+        raise TimeoutError(
+            f"The Streamlit bridge at {base} did not answer {method} {path} in time "
+            f"({type(exc).__name__})."
+        ) from None
+    except httpx.HTTPError as exc:
+        raise ConnectionError(
+            f"{method} {url} failed: {type(exc).__name__}: {str(exc) or 'no details'}."
+        ) from None
+    if response.status_code in expect:
+        return response
+    detail = _bridge_error_detail(response).rstrip(".")
+    verb = "refused" if response.status_code < 500 else "failed on"
+    hint = ""
+    if response.status_code in (401, 403):
+        hint = " Set the API Key input to the bridge's key (BRIDGE_API_KEY)."
+    raise RuntimeError(
+        f"The Streamlit bridge at {base} {verb} {method} {path} "
+        f"(HTTP {response.status_code}): {detail}.{hint}"
+    )
+
+
+# --- end shared helpers ---
