@@ -1,11 +1,19 @@
 """Response shapes for the OpenAPI description (the routes serialise by hand, for speed;
-these models document what they send, and schemathesis checks that the two agree)."""
+these describe what they send, and schemathesis checks that the two agree).
+
+The message, the Listen answer and the template are the wire shapes of `bridge.wire`,
+described from their declarations there, never copied: `MessageOut` is `StoredMessage`
+itself and `ListenAnswer` is built from `StoredMessage`'s fields plus `Listened`'s.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
+
+from bridge.wire import Listened, StoredMessage
 
 __all__ = ["ERRORS", "ErrorBody", "ListenAnswer", "MessageOut", "SessionOut", "TokenOut"]
 
@@ -16,23 +24,32 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class MessageOut(BaseModel):
-    """A stored message."""
-
-    id: str
-    session_id: str
-    seq: int
-    role: str
-    content: str
-    type: str
-    created_at: float
+MessageOut = StoredMessage
+"""A stored message (OpenAPI describes `StoredMessage`'s fields)."""
 
 
-class ListenAnswer(MessageOut):
-    """A Listen answer: the message and the session's messages before it."""
+def _listen_answer() -> type[BaseModel]:
+    """The Listen answer as sent: a stored message's fields, flat, plus `Listened`'s own
+    fields but `message` (`attempt` as declared there, `history` as a list of messages)."""
+    message = get_type_hints(StoredMessage)
+    fields: dict[str, Any] = {
+        f.name: (message[f.name], ...) for f in dataclasses.fields(StoredMessage) if f.init
+    }
+    own = get_type_hints(Listened)
+    for f in dataclasses.fields(Listened):
+        if f.name == "history":
+            fields[f.name] = (list[StoredMessage], ...)
+        elif f.name != "message":
+            fields[f.name] = (own[f.name], f.default)
+    model: type[BaseModel] = create_model(
+        "ListenAnswer",
+        __doc__="A Listen answer: the message and the session's messages before it.",
+        **fields,
+    )
+    return model
 
-    attempt: int = 1
-    history: list[MessageOut]
+
+ListenAnswer = _listen_answer()
 
 
 class SessionOut(BaseModel):

@@ -1,9 +1,14 @@
-"""The Streamlit side of streamlit-bridge.
+"""The client side of streamlit-bridge: everything that talks to a bridge.
 
-- `chat()` draws the live chat into any Streamlit page (imports Streamlit when used);
-- `BridgeClient` / `Subscription` talk to the bridge from plain Python (no Streamlit);
+- `BridgeClient` / `Subscription`: the one client of the bridge's protocol (HTTP calls,
+  the WebSocket with `after`, reconnects and close codes); no Streamlit;
+- `Message`, `Template`, `Listened`: the wire shapes, declared in `bridge.wire`;
+- `chat()` draws the live chat into any Streamlit page (needs the `page` extra; imported
+  when used), with `listener.js` as its in-browser half;
 - `python -m streamlit_client.demo_bot` answers user messages, streaming word by word;
 - `streamlit_client.launcher.run_chat` serves the chat page (`streamlit run`).
+
+Imports from the server package: `bridge.wire` only.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ def __getattr__(name: str) -> Any:
     # usable (and fast to import) in programs without Streamlit. It lives in `ui`, not in
     # a module named `chat`, which would shadow the function once imported.
     if name == "chat":
+        from streamlit_client.extras import require_page
+
+        require_page("streamlit_client.chat")
         from streamlit_client.ui import chat
 
         return chat

@@ -1,4 +1,4 @@
-"""A Python client for the bridge's HTTP API; never imports Streamlit.
+"""The one Python client of the bridge's protocol; never imports Streamlit.
 
 ```python
 from streamlit_client.client import BridgeClient
@@ -8,6 +8,10 @@ with BridgeClient("http://127.0.0.1:7881") as bridge:
     for event in bridge.subscribe("s1"):
         print(event)
 ```
+
+Every client of this project speaks to the bridge through it: the `streamlit-bridge`
+commands (`send`, `tail`, `listen`), the demo bot, the chat page's Python side. The shapes
+it returns are the wire shapes of `bridge.wire` (`Message` is `StoredMessage`).
 
 Errors: every non-2xx answer raises `BridgeHTTPError` (status and the bridge's `detail`);
 network failures surface as `httpx.HTTPError`. `subscribe` is described in
@@ -25,12 +29,12 @@ from urllib.parse import quote
 
 import httpx
 
+from bridge.wire import DEFAULT_BRIDGE_URL
 from streamlit_client.models import Listened, Message, Template
 from streamlit_client.subscription import Subscription
 
 __all__ = ["DEFAULT_BRIDGE_URL", "BridgeClient", "BridgeHTTPError", "session_path", "ws_base"]
 
-DEFAULT_BRIDGE_URL = "http://127.0.0.1:7881"
 API = "/api/v1"
 
 
@@ -97,7 +101,7 @@ class BridgeClient:
     def create_session(self, session_id: str) -> list[Message]:
         """Create `session_id` (seeded with the welcome message); returns its messages."""
         body = self._call("POST", session_path(session_id))
-        return [Message.from_json(m) for m in body or []]
+        return [Message.from_dict(m) for m in body or []]
 
     def session_info(self, session_id: str) -> dict[str, Any]:
         """`{session_id, created_at, last_seq, message_count, subscribers}`."""
@@ -106,7 +110,7 @@ class BridgeClient:
     def messages(self, session_id: str, limit: int = 0) -> list[Message]:
         """The last `limit` messages of a session, oldest first (0 = all)."""
         body = self._call("GET", f"{session_path(session_id)}/messages", params={"limit": limit})
-        return [Message.from_json(m) for m in body or []]
+        return [Message.from_dict(m) for m in body or []]
 
     def post_message(
         self,
@@ -122,7 +126,7 @@ class BridgeClient:
         if id is not None:
             payload["id"] = id
         body = self._call("POST", f"{session_path(session_id)}/messages", json=payload)
-        return Message.from_json(body)
+        return Message.from_dict(body)
 
     def stream_reply(
         self,
@@ -150,7 +154,7 @@ class BridgeClient:
             headers={"content-type": "application/x-ndjson"},
             timeout=httpx.Timeout(10.0, read=timeout, write=timeout),
         )
-        return Message.from_json(answer)
+        return Message.from_dict(answer)
 
     def delete_session(self, session_id: str) -> None:
         """Delete a session and its history; its subscribers get `reset`."""
@@ -161,11 +165,18 @@ class BridgeClient:
         body = self._call("POST", f"{session_path(session_id)}/token")
         return str(body["token"] if isinstance(body, dict) else body)
 
+    def healthy(self) -> bool:
+        """Whether the bridge answers `GET /healthz` (False if it cannot be reached)."""
+        try:
+            return self._http.get("/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     # -- template and Listen --------------------------------------------------------------
 
     def template(self) -> Template:
         """The current chat template."""
-        return Template.from_json(self._call("GET", f"{API}/chats"))
+        return Template.from_dict(self._call("GET", f"{API}/chats"))
 
     def set_template(self, template: Template | None = None, **fields: Any) -> Template:
         """Replace the template (`POST /api/v1/chats`); open tabs apply it live.
@@ -173,12 +184,12 @@ class BridgeClient:
         Pass a `Template`, or fields (`welcome_msg=..., input_msg=...`) over the current one.
         """
         if template is not None:
-            base = template.to_json()
+            base = template.to_dict()
         else:
-            base = self.template().to_json() if fields else Template().to_json()
+            base = self.template().to_dict() if fields else Template().to_dict()
         body = {**base, **fields}
         answer = self._call("POST", f"{API}/chats", json=body)
-        return Template.from_json(answer if isinstance(answer, dict) else body)
+        return Template.from_dict(answer if isinstance(answer, dict) else body)
 
     def listen(self, timeout: float = 30.0, *, session_id: str | None = None) -> Listened | None:
         """Wait up to `timeout` s for the next user message; None if none came.
@@ -198,7 +209,7 @@ class BridgeClient:
         )
         if response.status_code == 204:
             return None
-        return Listened.from_json(self._json(response))
+        return Listened.from_dict(self._json(response))
 
     # -- WebSocket ------------------------------------------------------------------------
 
@@ -216,7 +227,7 @@ class BridgeClient:
         expires)."""
         source: str | Callable[[], str] | None = token
         if source is None and self.api_key:
-            source = partial(self.session_token, session_id)
+            source = partial(self._mint_for_socket, session_id)
         return Subscription(
             ws_base(self.base_url),
             session_id,
@@ -224,6 +235,19 @@ class BridgeClient:
             token=source,
             reconnect=reconnect,
         )
+
+    def _mint_for_socket(self, session_id: str) -> str:
+        """`session_token` for a `Subscription`: a bridge that cannot be reached or is
+        busy raises `ConnectionError`, which the subscription retries like a failed
+        connection; a refusal (4xx) ends it."""
+        try:
+            return self.session_token(session_id)
+        except httpx.TransportError as exc:
+            raise ConnectionError(f"cannot mint a session token: {exc}") from exc
+        except BridgeHTTPError as exc:
+            if exc.status >= 500 or exc.status == 429:
+                raise ConnectionError(str(exc)) from exc
+            raise
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Its JavaScript (`listener.js`) keeps one WebSocket per tab and sends Python one value at
 a time under the state name `push`; Python answers through `data` (see
-`streamlit_client.state` for the ack protocol).
+`streamlit_client.state` for the ack protocol). The data also carries the close-code table
+of `bridge.wire` (`close_policy`), which the script follows: it has none of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
+
+from bridge.wire import close_policy
 
 __all__ = ["COMPONENT_NAME", "mount_listener"]
 
@@ -34,10 +37,17 @@ _render = st.components.v2.component(
 )
 
 
+_CLOSE_POLICY = close_policy()
+
+
 def mount_listener(key: str, data: dict[str, Any], on_push: Callable[[], None]) -> Any:
     """Mount the listener with `data`; `on_push` runs before the rerun a new value causes.
 
     Returns the latest value the component sent (or None).
     """
-    result = _render(key=key, data={**data, "key": key}, on_push_change=on_push)
+    result = _render(
+        key=key,
+        data={**data, "key": key, "close_policy": _CLOSE_POLICY},
+        on_push_change=on_push,
+    )
     return result.get("push")

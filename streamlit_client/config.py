@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from streamlit_client.client import DEFAULT_BRIDGE_URL
+from bridge.wire import DEFAULT_BRIDGE_URL
 
 __all__ = [
     "ChatConfig",

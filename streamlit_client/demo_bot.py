@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 
 import httpx
 
-from streamlit_client.client import DEFAULT_BRIDGE_URL, BridgeClient, BridgeHTTPError
-from streamlit_client.models import Listened
+from bridge.wire import DEFAULT_BRIDGE_URL, Listened
+from streamlit_client.client import BridgeClient, BridgeHTTPError
 
 __all__ = ["compose_reply", "main", "run", "words"]
 

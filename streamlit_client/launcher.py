@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from streamlit_client.client import DEFAULT_BRIDGE_URL
+from bridge.wire import DEFAULT_BRIDGE_URL, DEFAULT_PAGE_PORT
 from streamlit_client.config import ChatConfig
 
 __all__ = ["PAGE", "chat_command", "chat_env", "main", "run_chat"]
@@ -139,9 +139,9 @@ def run_chat(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m streamlit_client.launcher [--port 5001] [--bridge URL] ...`."""
+    """`python -m streamlit_client.launcher [--port PORT] [--bridge URL] ...`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--port", type=int, default=DEFAULT_PAGE_PORT)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--bridge", default=os.environ.get("BRIDGE_URL", DEFAULT_BRIDGE_URL))
     parser.add_argument("--browser-bridge", default=os.environ.get("BRIDGE_BROWSER_URL"))

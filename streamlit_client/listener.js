@@ -9,20 +9,46 @@
 // - streams are drawn here, chunk by chunk, with no rerun; Python draws the committed
 //   message, and the bubble goes when Python acknowledges that seq;
 // - reconnect with backoff and `after=<last seq>`; a new `epoch` means the history was
-//   lost, so everything is fetched again from seq 1.
+//   lost, so everything is fetched again from seq 1;
+// - what a close code means (stop, come back, come back with a new token) and the backoff
+//   come from Python in `data.close_policy`: the one table, `bridge.wire.CLOSE_CODES`;
+// - a listener whose element has left the page for PRUNE_AFTER_MS is closed and
+//   forgotten (socket and timers), or every session the tab ever showed stays open.
 
 const REGISTRY = "__streamlitBridgeListeners";
+const PRUNER = "__streamlitBridgePruner";
 const ACK_TIMEOUT_MS = 4000; // resend if a rerun was lost (e.g. an exception in the page)
 const PING_MS = 25000;
-const MAX_BACKOFF_MS = 5000;
-const STOPPING_CODES = {
-  1008: "The bridge refused this page (origin or session token).",
-  4004: "This session was deleted.",
-};
+const PRUNE_EVERY_MS = 5000;
+const PRUNE_AFTER_MS = 15000; // longer than a slow rerun, during which the element may move
 
 function registry() {
   if (!window[REGISTRY]) window[REGISTRY] = new Map();
   return window[REGISTRY];
+}
+
+// Close and forget listeners whose element has been off the page for PRUNE_AFTER_MS.
+function prune() {
+  const listeners = registry();
+  const now = Date.now();
+  for (const [key, listener] of listeners) {
+    if (listener.root.isConnected) {
+      listener.detachedSince = null;
+    } else if (listener.detachedSince === null) {
+      listener.detachedSince = now;
+    } else if (now - listener.detachedSince >= PRUNE_AFTER_MS) {
+      listener.dispose();
+      listeners.delete(key);
+    }
+  }
+  if (listeners.size === 0) {
+    clearInterval(window[PRUNER]);
+    window[PRUNER] = null;
+  }
+}
+
+function startPruning() {
+  if (!window[PRUNER]) window[PRUNER] = setInterval(prune, PRUNE_EVERY_MS);
 }
 
 function el(tag, className, text) {
@@ -58,6 +84,9 @@ class Listener {
     this.streams = new Map(); // stream_id -> {bubble, text}
     this.committed = new Map(); // seq -> bubble awaiting Python's ack
     this.avatars = {};
+    this.closePolicy = null; // bridge.wire.close_policy(), from `data`
+    this.detachedSince = null; // when the element left the page (see prune)
+    this.flashTimer = null;
     this.root = el("div", "sb-listener");
     this.status = el("div", "sb-status");
     this.streamBox = el("div", "sb-streams");
@@ -72,6 +101,7 @@ class Listener {
     this.setStateValue = setStateValue;
     if (this.root.parentElement !== parentElement) parentElement.appendChild(this.root);
     this.avatars = data.avatars || {};
+    this.closePolicy = data.close_policy;
     const newToken = (data.token || null) !== this.token;
     this.token = data.token || null;
     if (data.session_id !== this.sessionId || data.ws_url !== this.wsUrl) {
@@ -191,10 +221,31 @@ class Listener {
     this.connect();
   }
 
+  // The listener left the page for good: no socket, no timer, nothing drawn.
+  dispose() {
+    this.stopped = "gone";
+    this.close();
+    clearTimeout(this.ackTimer);
+    clearTimeout(this.flashTimer);
+    this.dropStreams();
+    this.root.remove();
+  }
+
+  // bridge.wire.after_close, applied to the table Python sent: "resume", "back-off",
+  // "new-token" or "stop".
+  afterClose(code, reason) {
+    const { codes, token_expired: expired } = this.closePolicy;
+    if (code === expired.code && reason === expired.reason) return "new-token";
+    const row = codes[String(code)];
+    return row ? row.then : this.closePolicy.default;
+  }
+
   onClose(event) {
     clearInterval(this.pingTimer);
     this.socket = null;
-    if (event.code === 1008 && this.token && /expired/.test(event.reason || "")) {
+    const reason = event.reason || "";
+    const then = this.afterClose(event.code, reason);
+    if (then === "new-token" && this.token) {
       // Tokens expire while tabs stay open: Python mints a new one on the rerun this
       // value causes, and `bind` reconnects when the new token arrives.
       this.stopped = "token expired";
@@ -203,14 +254,16 @@ class Listener {
       this.flush();
       return;
     }
-    if (STOPPING_CODES[event.code]) {
-      this.stop(event.reason || STOPPING_CODES[event.code]);
+    if (then === "stop" || then === "new-token") {
+      const row = this.closePolicy.codes[String(event.code)];
+      this.stop(reason || (row ? row.meaning : `closed by the bridge (${event.code})`));
       return;
     }
     this.dropStreams(); // their stream.end may never come; the committed message will
     this.attempts += 1;
-    const base = Math.min(MAX_BACKOFF_MS, 100 * 2 ** this.attempts);
-    const delay = (event.code === 1013 ? MAX_BACKOFF_MS : base) * (0.5 + Math.random() / 2);
+    const { base: first, max } = this.closePolicy.backoff_ms;
+    const wait = then === "back-off" ? max : Math.min(max, first * 2 ** Math.min(this.attempts, 16));
+    const delay = wait * (0.5 + Math.random() / 2);
     const hint = this.attempts > 5 ? ` Is the bridge reachable at ${this.wsUrl}?` : "";
     this.setStatus(
       "reconnecting",
@@ -377,7 +430,8 @@ class Listener {
   flash(text) {
     this.status.textContent = text;
     this.status.hidden = false;
-    setTimeout(() => {
+    clearTimeout(this.flashTimer);
+    this.flashTimer = setTimeout(() => {
       if (this.root.dataset.status === "open") this.status.hidden = true;
     }, 5000);
   }
@@ -386,6 +440,7 @@ class Listener {
 export default function (component) {
   const { data } = component;
   if (!data || !data.session_id) return;
+  if (!data.close_policy) throw new Error("listener.js needs data.close_policy (bridge.wire)");
   const listeners = registry();
   let listener = listeners.get(data.key);
   if (!listener) {
@@ -393,4 +448,5 @@ export default function (component) {
     listeners.set(data.key, listener);
   }
   listener.bind(component);
+  startPruning();
 }

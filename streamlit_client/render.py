@@ -4,7 +4,7 @@ Image messages: `st.image` opens local files when given a string that names one 
 path comes back as its text in a data URI, `/dev/zero` is read until memory runs out).
 The bridge refuses such content for new messages, but history may come from an older
 bridge or a store written by something else, so the page checks again, with the
-bridge's own rule (`bridge.models.check_image_content`), and shows anything else as text.
+bridge's own rule (`bridge.wire.check_image_content`), and shows anything else as text.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import streamlit as st
 
-from bridge.models import check_image_content
+from bridge.wire import check_image_content
 from streamlit_client.models import Message, Template
 
 __all__ = [

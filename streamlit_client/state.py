@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.wire import WELCOME_ID
 from streamlit_client.models import Message, Template
 
 __all__ = ["ChatState", "Push"]
@@ -54,21 +55,10 @@ class ChatState:
     needs_full_run: bool = False
     # The bridge closed the tab's socket because its token expired: mint a new one.
     token_expired: bool = False
-    # Welcome texts of every template this tab has seen: the session's first message
-    # is its welcome if it carries one of them (the bridge stores it as a plain message).
-    welcomes: set[str] = field(default_factory=set)
+    # The seq of the session's welcome message (the bridge gives it the id `welcome`),
+    # if it is loaded: it is drawn with the welcome text of the template in force.
+    welcome_seq: int | None = None
     _have: int = 0
-
-    def __post_init__(self) -> None:
-        self.welcomes.add(self.template.welcome_msg)
-
-    @property
-    def welcome_seq(self) -> int | None:
-        """The seq of the session's welcome message, if it is loaded (it follows the template)."""
-        first = self.messages.get(1)
-        if first is not None and first.role == "ai" and first.content in self.welcomes:
-            return 1
-        return None
 
     @property
     def have(self) -> int:
@@ -79,6 +69,7 @@ class ChatState:
         """Replace everything with history fetched over HTTP."""
         ordered = sorted(messages, key=lambda m: m.seq)
         self.messages = {m.seq: m for m in ordered}
+        self.welcome_seq = next((m.seq for m in ordered if m.id == WELCOME_ID), None)
         self.base = ordered[0].seq - 1 if ordered else 0
         self._have = self.base
         self.fresh.clear()
@@ -91,6 +82,8 @@ class ChatState:
         if message.seq <= self.base or message.seq in self.messages:
             return False
         self.messages[message.seq] = message
+        if message.id == WELCOME_ID:
+            self.welcome_seq = message.seq
         self._advance()
         return True
 
@@ -111,14 +104,13 @@ class ChatState:
             self.needs_full_run = True
         template_changed = False
         if isinstance(value.get("template"), dict):
-            template = Template.from_json(value["template"])
+            template = Template.from_dict(value["template"])
             if template != self.template:
                 self.template, template_changed = template, True
-                self.welcomes.add(template.welcome_msg)
                 self.needs_full_run = True
         new = []
         for raw in value.get("messages") or ():
-            message = Message.from_json(raw)
+            message = Message.from_dict(raw)
             if self.add(message):
                 new.append(message)
                 if raw.get("streamed"):

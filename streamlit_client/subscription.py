@@ -1,19 +1,25 @@
 """Follow one session's WebSocket from Python, reconnecting with `after=<last seq>`.
 
-The same rules the page's JavaScript follows (protocol.md, close codes):
-- `message` and `stream.end` frames whose seq was already seen are dropped, so a
-  reconnect never yields a message twice;
-- a `hello` with a new `epoch` means the bridge lost the history: the subscription
-  yields `{"event": "reset"}` and starts again from the first message;
-- close code 1008 "session token expired" mints a new token and reconnects when the
-  token came from a callable (`BridgeClient.subscribe` does this with an API key);
-- close codes 1008 (policy) and 4004 (session deleted) end the iteration with
-  `SubscriptionClosed`; every other close or network error reconnects with backoff.
+What a close means is decided by the one table of `bridge.wire` (`after_close`), which the
+page's `listener.js` follows too:
+- stop (1007 invalid request, 1008 refused, 1009 frame too large, 4004 session deleted):
+  the iteration ends with `SubscriptionClosed`;
+- come back with a new token (1008 "session token expired"): when the token came from a
+  callable (`BridgeClient.subscribe` does this with an API key) it is called again and the
+  subscription resumes; a fixed token stops as above;
+- come back (everything else, network errors included): reconnect with `after`, backing
+  off while attempts fail; 1013 (busy) waits the longest backoff.
+
+Frames: `message` and `stream.end` frames whose seq was already seen are dropped, so a
+reconnect never yields a message twice; a `hello` with a new `epoch` means the bridge lost
+the history: the subscription yields `{"event": "reset"}` and starts again from the first
+message. Reconnects are logged (logger `streamlit_client.subscription`, level INFO).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -23,16 +29,15 @@ from urllib.parse import quote, urlencode
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
-__all__ = ["FINAL_CLOSE_CODES", "Subscription", "SubscriptionClosed"]
+from bridge.wire import BACKOFF_MAX_S, CLOSE_CODES, AfterClose, after_close, backoff_s
 
-# Close codes after which reconnecting cannot help (protocol.md section 6).
-POLICY = 1008
-FINAL_CLOSE_CODES = {1008: "refused by the bridge (origin or token)", 4004: "session deleted"}
-OVERLOADED = 1013
+__all__ = ["Subscription", "SubscriptionClosed"]
+
+log = logging.getLogger(__name__)
 
 
 class SubscriptionClosed(Exception):
-    """The bridge closed the socket for good (`code` 1008 or 4004)."""
+    """The bridge closed the socket for good (a close code whose rule is "stop")."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"subscription closed ({code}): {reason}")
@@ -43,7 +48,9 @@ class SubscriptionClosed(Exception):
 class Subscription:
     """Iterate the events of one session as dicts (each has an `event` field).
 
-    `after` starts after that seq (None: the whole history). With `reconnect=False` the
+    `after` starts after that seq (None: the whole history). `token` is a session token,
+    or a callable that mints one (called again when one expires; it may raise `OSError`
+    to mean "the bridge is unreachable, try again later"). With `reconnect=False` the
     iteration ends at the first close instead of reconnecting. `close()` may be called
     from another thread; the iteration then ends.
     """
@@ -56,15 +63,13 @@ class Subscription:
         after: int | None = None,
         token: str | Callable[[], str] | None = None,
         reconnect: bool = True,
-        max_backoff: float = 5.0,
+        max_backoff: float = BACKOFF_MAX_S,
         open_timeout: float = 10.0,
     ) -> None:
         self.ws_url = ws_url.rstrip("/")
         self.session_id = session_id
         self.last_seq = after
         self.epoch: str | None = None
-        # A callable mints a fresh token, so that a socket the bridge closes when its
-        # token expires (1008 "session token expired") comes back instead of stopping.
         self._mint = token if callable(token) else None
         self.token = None if callable(token) else token
         self.reconnect = reconnect
@@ -85,14 +90,6 @@ class Subscription:
         path = f"/api/v1/sessions/{quote(self.session_id, safe='')}/ws"
         return self.ws_url + path + ("?" + urlencode(query) if query else "")
 
-    def send_message(self, role: str, content: str, **fields: Any) -> None:
-        """Publish over the open socket (stored like a POST, pushed to every tab)."""
-        if self._socket is None:
-            raise RuntimeError("not connected")
-        self._socket.send(
-            json.dumps({"event": "message", "role": role, "content": content, **fields})
-        )
-
     def close(self) -> None:
         """End the iteration and close the socket."""
         self._closed.set()
@@ -102,41 +99,51 @@ class Subscription:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         failures = 0
         while not self._closed.is_set():
-            code = None
+            code: int | None = None
             reason = ""
             restart = False
             try:
-                with connect(self.url(), open_timeout=self.open_timeout) as socket:
+                with connect(
+                    self.url(), open_timeout=self.open_timeout, compression=None
+                ) as socket:
                     self._socket = socket
                     for raw in socket:
-                        frame = json.loads(raw)
                         failures = 0
-                        restart = yield from self._handle(frame)
+                        restart = yield from self._handle(json.loads(raw))
                         if restart:
                             break
                     else:
-                        code = socket.close_code
-                        reason = socket.close_reason or ""
+                        code, reason = socket.close_code, socket.close_reason or ""
             except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else None
-                reason = exc.rcvd.reason if exc.rcvd else ""
-            except (OSError, InvalidHandshake, TimeoutError):
-                pass  # the bridge is down or restarting: back off and try again
+                # Closed by the bridge (`rcvd`), or by this side for a protocol breach
+                # such as a frame over the size limit (`sent`, e.g. 1009).
+                frame = exc.rcvd or exc.sent
+                code, reason = (frame.code, frame.reason) if frame else (None, "")
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                reason = str(exc)  # down, restarting or unreachable: come back
             finally:
                 self._socket = None
             if self._closed.is_set():
                 return
-            if code == POLICY and "expired" in reason and self._mint is not None:
-                self.token = None  # minted again by the next url()
-                continue
-            if code in FINAL_CLOSE_CODES:
-                raise SubscriptionClosed(code, reason or FINAL_CLOSE_CODES[code])
             if restart:
                 continue
+            code = 1006 if code is None else code  # no close frame: the connection dropped
+            then = after_close(code, reason)
+            if then is AfterClose.NEW_TOKEN and self._mint is not None:
+                log.info("session %s: token expired; minting a new one", self.session_id)
+                self.token = None  # minted again by the next url()
+                continue
+            if then in (AfterClose.STOP, AfterClose.NEW_TOKEN):
+                raise SubscriptionClosed(code, reason or CLOSE_CODES[code].meaning)
             if not self.reconnect:
                 return
             failures += 1
-            self._closed.wait(self._backoff(failures, overloaded=code == OVERLOADED))
+            delay = self._backoff(failures, busy=then is AfterClose.BACK_OFF)
+            log.info(
+                "session %s: disconnected (%s %s); reconnecting after seq %s in %.1f s",
+                self.session_id, code, reason, self.last_seq, delay,
+            )  # fmt: skip
+            self._closed.wait(delay)
 
     def _handle(self, frame: dict[str, Any]) -> Generator[dict[str, Any], None, bool]:
         """Yield what the caller should see of `frame`; return True to reconnect at once."""
@@ -160,6 +167,6 @@ class Subscription:
         yield frame
         return False
 
-    def _backoff(self, failures: int, *, overloaded: bool) -> float:
-        base = 0.1 * float(2 ** min(failures, 8)) * (4 if overloaded else 1)
-        return min(self.max_backoff, base) * random.uniform(0.5, 1.0)
+    def _backoff(self, failures: int, *, busy: bool) -> float:
+        """Seconds before the next attempt (`bridge.wire.backoff_s`, jittered)."""
+        return backoff_s(failures, busy=busy, max_s=self.max_backoff) * random.uniform(0.5, 1.0)

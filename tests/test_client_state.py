@@ -11,12 +11,14 @@ from streamlit_client.models import Listened, Message, Template
 from streamlit_client.state import ChatState
 
 
-def msg(seq: int, role: str = "ai", content: str | None = None) -> Message:
-    return Message(seq=seq, role=role, content=content or f"m{seq}", session_id="s")
+def msg(seq: int, role: str = "ai", content: str | None = None, id: str = "") -> Message:
+    """A message as the bridge would send it (fields left out get empty values)."""
+    fields = {"seq": seq, "role": role, "content": content or f"m{seq}", "session_id": "s"}
+    return Message.from_dict({**fields, "id": id or f"id-{seq}"})
 
 
 def raw(seq: int, role: str = "ai", **extra: object) -> dict[str, object]:
-    return {**msg(seq, role).to_json(), **extra}
+    return {**msg(seq, role).to_dict(), **extra}
 
 
 def loaded(*seqs: int) -> ChatState:
@@ -93,7 +95,7 @@ def test_a_template_change_asks_for_a_full_run() -> None:
     push = state.apply_push({"nonce": 1, "messages": [], "template": {"input_msg": "Ask"}})
     assert push.template_changed and state.needs_full_run
     assert state.template.input_msg == "Ask"
-    same = state.apply_push({"nonce": 2, "template": Template(input_msg="Ask").to_json()})
+    same = state.apply_push({"nonce": 2, "template": Template(input_msg="Ask").to_dict()})
     assert not same.template_changed
 
 
@@ -107,23 +109,31 @@ def test_a_reset_replaces_the_history() -> None:
 
 
 def test_the_welcome_follows_the_template_but_other_messages_do_not() -> None:
+    # The bridge gives the welcome the id `welcome`; the page finds it by that id alone.
     state = ChatState("s", template=Template(welcome_msg="Hi"))
-    state.load([Message(1, "ai", "Hi"), Message(2, "ai", "Hi")])
+    state.load([msg(1, content="Hi", id="welcome"), msg(2, content="Hi")])
     assert state.welcome_seq == 1
     state.apply_push({"nonce": 1, "template": {"welcome_msg": "Hello"}})
     assert state.welcome_seq == 1
     other = ChatState("s", template=Template(welcome_msg="Hi"))
-    other.load([Message(1, "ai", "a real answer")])
+    other.load([msg(1, content="a real answer")])
     assert other.welcome_seq is None
+    # The welcome's text without its id is an ordinary message.
+    lookalike = ChatState("s", template=Template(welcome_msg="Hi"))
+    lookalike.load([msg(1, content="Hi")])
+    assert lookalike.welcome_seq is None
+    # After a reset, the new history's welcome arrives pushed.
+    push = state.apply_push({"nonce": 2, "resets": 1, "messages": [raw(1, id="welcome")]})
+    assert push.reset and state.welcome_seq == 1
 
 
 def test_models_read_the_bridge_json() -> None:
-    listened = Listened.from_json({
+    listened = Listened.from_dict({
         **raw(3, "user"), "history": [raw(1), raw(2, "user")],
     })
     assert listened.session_id == "s" and listened.message.seq == 3
     assert [m.seq for m in listened.history] == [1, 2]
-    assert Template.from_json({"ai_avatar": "", "write_speed": None}).ai_avatar is None
+    assert Template.from_dict({"ai_avatar": "", "write_speed": None}).ai_avatar is None
 
 
 def test_config_comes_from_bridge_variables() -> None:

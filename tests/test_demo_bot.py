@@ -33,9 +33,13 @@ def reply_to(text: str, turn: int) -> str:
     )
 
 
+def message(seq: int, role: str, content: str) -> Message:
+    return Message.from_dict({"seq": seq, "role": role, "content": content})
+
+
 def test_the_reply_is_deterministic_and_counts_turns() -> None:
-    history = (Message(1, "ai", "welcome"), Message(2, "user", "x"), Message(3, "ai", "y"))
-    listened = Listened(Message(4, "user", " hi  there "), history)
+    history = (message(1, "ai", "welcome"), message(2, "user", "x"), message(3, "ai", "y"))
+    listened = Listened(message(4, "user", " hi  there "), history)
     assert demo_bot.compose_reply(listened) == reply_to("hi there", 2)
     assert list(demo_bot.words("a b  c", 0)) == ["a", " b", " ", " c"]
 
