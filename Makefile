@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,langflow]'
+	$(PY) -m pip install --quiet -e '.[page,test,langflow]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,9 +23,11 @@ langflow:
 run: $(STAMP)
 	$(VENV)/bin/streamlit-bridge up
 
+# Three workers on two cores: most tests wait on real processes, sockets and browsers.
+# Tests sharing one server or a global resource run on one worker (xdist_group markers).
 test: $(STAMP) langflow
 	bash scripts/test-services.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3 --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bridge streamlit_client langflow_component scripts/gen_components.py tests bench
