@@ -1,4 +1,8 @@
-"""`create_app(settings)`: the one place where the bridge's objects are wired together."""
+"""`create_app(settings)`: the one place where the bridge's objects are wired together.
+
+Every route is built here once, as a closure (or endpoint object) over the parts it
+needs: the service for the use cases, `Auth` for tokens, the rate limiter, the metrics.
+`app.state.service` is kept for `server.py` (the shutdown order) and nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from starlette.responses import Response
 
 from bridge import api, health, ws
 from bridge.auth import Auth
-from bridge.broker import open_broker
+from bridge.broker import open_backend
 from bridge.errors import BridgeError, RateLimited
 from bridge.guard import BrowserGuard
 from bridge.hub import Hub
@@ -21,29 +25,27 @@ from bridge.ratelimit import RateLimiter
 from bridge.responses import json_response
 from bridge.service import BridgeService
 from bridge.settings import Settings
-from bridge.storage import open_storage
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("bridge")
 
-CLOSE_GOING_AWAY = 1001
-
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the ASGI app; storage opens and closes with the app's lifespan."""
     metrics = Metrics()
-    storage = open_storage(settings.store, settings)
-    broker = open_broker(settings.store, settings)
+    backend = open_backend(settings.store, settings)
+    storage, broker = backend.storage, backend.broker
     auth = Auth(settings.api_key, settings.allowed_origins, settings.token_ttl_s)
     hub = Hub(
-        max_pending=settings.subscriber_buffer,
-        max_pending_bytes=settings.subscriber_buffer_bytes,
         metrics=metrics,
+        buffer_frames=settings.subscriber_buffer,
+        buffer_bytes=settings.subscriber_buffer_bytes,
         # A session token names a session: once that session is deleted, its sockets end.
         close_on_reset=auth.enabled,
     )
     service = BridgeService(settings, storage, broker, hub, metrics)
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +60,6 @@ def create_app(settings: Settings) -> FastAPI:
             await service.start()
             yield
         finally:
-            await hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down")
             await service.stop()
             await broker.close()
             await storage.close()
@@ -70,16 +71,16 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="The documented Langflow 'Streamlit API' plus a WebSocket hub keyed by session.",
         lifespan=lifespan,
-        routes=[*api.fast_routes, *api.router.routes, *health.router.routes, *ws.routes],
+        routes=[
+            *api.routes(service, auth, limiter),
+            *health.routes(service, metrics),
+            *ws.routes(service, auth, limiter),
+        ],
         # The bridge exports its own Prometheus metrics; FastAPI's OpenTelemetry hooks
         # would look up providers on every request (~12 us of a ~100 us POST).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
     app.state.service = service
-    app.state.auth = auth
-    app.state.sockets = ws.SocketLimits(settings.sockets_max, settings.sockets_per_client_max)
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.add_middleware(
         BrowserGuard,
         auth=auth,

@@ -35,7 +35,6 @@ __all__ = [
     "Deliver",
     "LocalBroker",
     "open_backend",
-    "open_broker",
 ]
 
 Deliver = Callable[[Event], None]
@@ -147,44 +146,3 @@ def open_backend(url: str, settings: Settings) -> Backend:
         shared = RedisStorage(url, settings)
         return Backend(shared, RedisBroker(url, shared))
     raise InvalidInput(f"unknown store URL {url!r}: use memory://, sqlite:///path.db or redis://")
-
-
-def open_broker(url: str, settings: Settings) -> Broker:
-    """Transitional, for callers that build the store apart (`open_storage`): the broker
-    of `open_backend(url, settings)`. One that reads the store gets a store of its own,
-    which its `start` opens and its `close` closes. Use `open_backend` instead."""
-    backend = open_backend(url, settings)
-    if isinstance(backend.broker, LocalBroker):
-        return backend.broker
-    return _WithOwnStore(backend)
-
-
-class _WithOwnStore:
-    """A broker bundled with the store it reads, opened and closed with it."""
-
-    def __init__(self, backend: Backend) -> None:
-        self._storage = backend.storage
-        self._broker = backend.broker
-
-    async def start(self, deliver: Deliver) -> None:
-        await self._storage.open()
-        try:
-            await self._broker.start(deliver)
-        except BaseException:
-            await self._storage.close()
-            raise
-
-    async def publish(self, event: Event) -> None:
-        await self._broker.publish(event)
-
-    async def presence(self, session_id: str, delta: int) -> int:
-        return await self._broker.presence(session_id, delta)
-
-    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
-        return self._broker.lock(session_id)
-
-    async def close(self) -> None:
-        try:
-            await self._broker.close()
-        finally:
-            await self._storage.close()

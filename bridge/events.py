@@ -11,15 +11,10 @@ from bridge.jsontext import dumps
 from bridge.models import StoredMessage
 from bridge.values import value
 
-__all__ = ["ALL_SESSIONS", "Event", "text_message"]
+__all__ = ["ALL_SESSIONS", "Event"]
 
 ALL_SESSIONS = "*"
 """The session id of an event meant for every subscriber (`template`, global `reset`)."""
-
-
-def text_message(frame: str) -> dict[str, Any]:
-    """The ASGI message that sends `frame` on a WebSocket."""
-    return {"type": "websocket.send", "text": frame}
 
 
 @value

@@ -1,10 +1,11 @@
 """In-process fan-out keyed by session id. Knows nothing of HTTP or storage.
 
-A subscriber joins in *pending* mode: live events are held (bounded) while its history is
-replayed from storage, then `go_live` flushes them, skipping by `seq` what the replay
-already sent. Every frame is serialised once per event (`Event.frame`) and written to
-each socket through its `Outbox`, so one slow socket never holds up the others; one whose
-backlog overflows is closed with 4000 and resumes later with `after`.
+A subscriber joins with its outbox *held*: live events wait there (bounded, the one
+buffer a subscriber has) while its history is replayed, then `go_live` releases them,
+skipping by `seq` what the replay already sent. Every frame is serialised once per event
+(`Event.frame`) and written to each socket through its `Outbox`, so one slow socket never
+holds up the others; one whose outbox overflows is closed with 4000 and resumes later with
+`after`.
 
 The hub also remembers the text so far of every streamed reply in progress, so that a
 subscriber joining mid-stream starts with `stream.start` and one `stream.delta`. That
@@ -22,28 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 from bridge.events import ALL_SESSIONS, Event
 from bridge.metrics import Metrics
-from bridge.outbox import Outbox
+from bridge.outbox import Outbox, Send
+from bridge.wire import CLOSE_SESSION_DELETED, CLOSE_TOO_SLOW
 
 __all__ = [
     "CLOSE_REASON_BYTES",
-    "CLOSE_SESSION_DELETED",
-    "CLOSE_TOO_SLOW",
+    "Closer",
     "Hub",
     "Subscriber",
-    "Subscription",
     "close_reason",
 ]
 
-CLOSE_TOO_SLOW = 4000
-CLOSE_SESSION_DELETED = 4004
 CLOSE_REASON_BYTES = 123
 """A close frame's payload is at most 125 bytes: the code's 2, then the reason."""
 Closer = Callable[[int, str], Awaitable[None]]
+"""Closes one socket with a code and a reason (`WebSocket.close`)."""
 
 
 def close_reason(text: str) -> str:
@@ -56,35 +55,25 @@ def close_reason(text: str) -> str:
 
 
 class Subscriber:
-    """One socket subscribed to one session."""
+    """One socket subscribed to one session: its outbox and the last `seq` it was sent."""
 
-    __slots__ = ("close", "last_seq", "outbox", "pending", "pending_bytes", "session_id")
+    __slots__ = ("_hub", "close", "last_seq", "outbox", "session_id")
 
-    def __init__(self, session_id: str, outbox: Outbox, close: Closer) -> None:
+    def __init__(self, hub: Hub, session_id: str, outbox: Outbox, close: Closer) -> None:
+        self._hub = hub
         self.session_id = session_id
         self.outbox = outbox
         self.close = close
         self.last_seq = 0
-        self.pending: list[Event] | None = []
-        self.pending_bytes = 0  # frame text held in `pending`
 
-
-class Subscription:
-    """The async context manager of `Hub.subscribe` (a class, not a generator: one of
-    these lives as long as each socket, so it should be small)."""
-
-    __slots__ = ("_hub", "_sub")
-
-    def __init__(self, hub: Hub, sub: Subscriber) -> None:
-        self._hub = hub
-        self._sub = sub
-
-    async def __aenter__(self) -> Subscriber:
-        self._hub._join(self._sub)
-        return self._sub
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._hub._leave(self._sub)
+    def put(self, event: Event) -> bool:
+        """Write or queue a frame of this socket's own (`pong`, `error`): it counts against
+        the same buffer as the session's events, and overflowing it closes the socket with
+        4000 all the same. False if it was not taken."""
+        if self.outbox.put(event):
+            return True
+        self._hub._not_taken(self)
+        return False
 
 
 @dataclass
@@ -112,67 +101,60 @@ class Hub:
     def __init__(
         self,
         *,
-        max_pending: int,
         metrics: Metrics,
-        max_pending_bytes: int = 4 * 1024 * 1024,
+        buffer_frames: int,
+        buffer_bytes: int,
         close_on_reset: bool = False,
     ) -> None:
-        """`max_pending` frames or `max_pending_bytes` of frame text may be held for a
-        subscriber while its history replays (the same bounds as its `Outbox`);
+        """Each subscriber's outbox holds at most `buffer_frames` frames and
+        `buffer_bytes` of frame text (`subscriber_buffer`, `subscriber_buffer_bytes`);
         `close_on_reset`: close subscribers with 4004 after their session's `reset`
         (sockets opened with a session token)."""
-        self._max_pending = max_pending
-        self._max_pending_bytes = max_pending_bytes
+        self._buffer_frames = buffer_frames
+        self._buffer_bytes = buffer_bytes
         self._close_on_reset = close_on_reset
         self._metrics = metrics
         self._topics: dict[str, set[Subscriber]] = {}
         self._streams: dict[str, dict[str, _Stream]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def count(self, session_id: str) -> int:
-        """Subscribers of `session_id` on this process."""
-        return len(self._topics.get(session_id, ()))
-
     @property
     def connections(self) -> int:
         """Subscribers of every session on this process."""
         return sum(len(subs) for subs in self._topics.values())
 
-    def subscribe(self, session_id: str, outbox: Outbox, close: Closer) -> Subscription:
-        """`async with hub.subscribe(...) as sub:` joins `session_id` in pending mode;
-        leaving is certain, whatever happens inside."""
-        return Subscription(self, Subscriber(session_id, outbox, close))
+    def join(self, session_id: str, send: Send, close: Closer) -> Subscriber:
+        """Subscribe the socket of `send` and `close` to `session_id`, its outbox held
+        until `go_live`. Pair with `leave`.
 
-    def _join(self, sub: Subscriber) -> None:
-        pending = sub.pending
-        assert pending is not None
-        budget = self._max_pending_bytes
-        for stream_id, stream in self._streams.get(sub.session_id, {}).items():
-            if len(pending) + 2 > self._max_pending:
+        A subscriber joining mid-stream has `stream.start` and the text so far queued
+        first, as far as its outbox's bounds allow."""
+        outbox = Outbox(send, max_frames=self._buffer_frames, max_bytes=self._buffer_bytes)
+        sub = Subscriber(self, session_id, outbox, close)
+        for stream_id, stream in self._streams.get(session_id, {}).items():
+            start, delta = stream.joined(session_id, stream_id)
+            if not outbox.fits(start):
                 break  # unannounced streams reach this subscriber as deltas, then stream.end
-            start, delta = stream.joined(sub.session_id, stream_id)
-            pending.append(start)
-            sub.pending_bytes += len(start.frame)
-            if sub.pending_bytes + len(delta.frame) <= budget:
-                pending.append(delta)
-                sub.pending_bytes += len(delta.frame)
-        self._topics.setdefault(sub.session_id, set()).add(sub)
+            outbox.put(start)
+            if outbox.fits(delta):
+                outbox.put(delta)
+        self._topics.setdefault(session_id, set()).add(sub)
         self._metrics.connections.inc()
+        return sub
 
-    async def _leave(self, sub: Subscriber) -> None:
+    async def leave(self, sub: Subscriber) -> None:
+        """Unsubscribe `sub` (if a kick has not already) and stop its writes."""
         self._remove(sub)
         await sub.outbox.aclose()
 
-    def go_live(self, sub: Subscriber, replayed_ids: set[str]) -> None:
+    def go_live(self, sub: Subscriber, replayed_ids: Collection[str] = ()) -> None:
         """Deliver what was held while `sub` replayed history, then deliver live.
 
         A stream's id is the id of the message it ends as: a stream whose message is
         among `replayed_ids` ended before the replay read it, so its held stream events
         are dropped rather than drawn again.
         """
-        pending, sub.pending = sub.pending or [], None
-        sub.pending_bytes = 0
-        for event in pending:
+        for event in sub.outbox.release():
             if event.kind.startswith("stream.") and event.data["stream_id"] in replayed_ids:
                 continue
             self._deliver(sub, event)
@@ -199,59 +181,51 @@ class Hub:
 
     def kick(self, sub: Subscriber, code: int, reason: str) -> None:
         """Unsubscribe `sub` now and close its socket with `code` (in the background)."""
-        self._kick(sub, code, reason)
+        if not self._remove(sub):
+            return
+        if code == CLOSE_TOO_SLOW:
+            self._metrics.slow_consumers.inc()
+        sub.outbox.stop()
+        task = asyncio.get_running_loop().create_task(self._close(sub, code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every subscriber (shutdown) and wait until the close frames are out."""
         for subs in tuple(self._topics.values()):
             for sub in tuple(subs):
-                self._kick(sub, code, reason)
+                self.kick(sub, code, reason)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
     def _deliver(self, sub: Subscriber, event: Event) -> bool:
-        pending = sub.pending
-        if pending is not None:
+        outbox = sub.outbox
+        if outbox.held:
+            # Replaying: queue everything; `go_live` sorts it out by seq.
             if event.kind == "reset" and self._close_on_reset:
-                self._kick(sub, CLOSE_SESSION_DELETED, "session deleted")
+                self.kick(sub, CLOSE_SESSION_DELETED, "session deleted")
                 return False
-            size = len(event.frame)
-            if (
-                len(pending) >= self._max_pending
-                or sub.pending_bytes + size > self._max_pending_bytes
-            ):
-                self._kick(sub, CLOSE_TOO_SLOW, "subscriber too slow: buffer overflowed")
-                return False
-            pending.append(event)
-            sub.pending_bytes += size
-            return True
-        if event.seq is not None:
+        elif event.seq is not None:
             if event.seq <= sub.last_seq:
                 return False
             sub.last_seq = event.seq
         elif event.kind == "reset":
             sub.last_seq = 0  # the history is gone: its next message is seq 1 again
             if self._close_on_reset:
-                sent = sub.outbox.put(event.asgi)
-                self._kick(sub, CLOSE_SESSION_DELETED, "session deleted")
+                sent = outbox.put(event)
+                self.kick(sub, CLOSE_SESSION_DELETED, "session deleted")
                 return sent
-        if sub.outbox.put(event.asgi):
+        if outbox.put(event):
             return True
-        if sub.outbox.overflowed:
-            self._kick(sub, CLOSE_TOO_SLOW, "subscriber too slow: buffer overflowed")
-        else:  # the socket failed; make sure it is closed rather than left silent
-            self._kick(sub, 1011, "send failed")
+        self._not_taken(sub)
         return False
 
-    def _kick(self, sub: Subscriber, code: int, reason: str) -> None:
-        if not self._remove(sub):
-            return
-        if code == CLOSE_TOO_SLOW:
-            self._metrics.slow_consumers.inc()
-        sub.outbox.closed = True
-        task = asyncio.get_running_loop().create_task(self._close(sub, code, reason))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    def _not_taken(self, sub: Subscriber) -> None:
+        """`sub`'s outbox refused a frame: close the socket rather than leave it silent."""
+        if sub.outbox.overflowed:
+            self.kick(sub, CLOSE_TOO_SLOW, "subscriber too slow: buffer overflowed")
+        else:  # the socket failed (or was closed: then this does nothing)
+            self.kick(sub, 1011, "send failed")
 
     @staticmethod
     async def _close(sub: Subscriber, code: int, reason: str) -> None:

@@ -1,28 +1,37 @@
-"""Writing frames to one WebSocket without a task per frame, with a bounded backlog.
+"""The one bounded buffer between the hub and one subscriber's socket.
 
-The fan-out loop calls `Outbox.put(frame)` for every subscriber. While a socket keeps up,
-the ASGI send completes without suspending (the server only suspends it when the
-transport's write buffer is over its high-water mark), so `put` runs the send coroutine's
-first step inline: no task, no queue, the cost of a plain send loop. Only when a send does
-suspend does the outbox start one drain task that finishes it and then empties the
-backlog; frames put meanwhile wait there. A backlog over its frame or byte bound marks
-the outbox overflowed: the hub then closes that socket with 4000 and the rest of the
-session is never held up by it (a plain `await send` loop would stall every subscriber
-behind the slowest).
+An outbox starts *held*: while the subscriber's history replays (written by `send`, which
+waits for the socket), live events are kept in order, at most `max_frames` frames and
+`max_bytes` of frame text. `release` hands them back to the hub, which drops what the
+replay already sent and puts the rest; from then on the outbox is live.
+
+Live, `put` runs the ASGI send's first step inline: while a socket keeps up, the server
+completes a send without suspending (it suspends only while the transport's write buffer
+is over its high-water mark), so a delivery costs what a plain send loop costs: no task,
+no queue. When a send does suspend, one writer task carries it on and then writes what was
+queued meanwhile, and `put` queues until that queue is empty again. Held or live, a queue
+that would pass its bounds marks the outbox overflowed: the hub then closes that socket
+with 4000 (its client resumes later with `after`), and the rest of the session is never
+held up by it (a plain `await send` loop would stall every subscriber behind the slowest).
 """
 
 from __future__ import annotations
 
 import asyncio
+import types
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any
 
-__all__ = ["Outbox", "OutboxClosed"]
+from bridge.events import Event
+
+__all__ = ["Message", "Outbox", "OutboxClosed", "Send"]
 
 SendCoroutine = Coroutine[Any, Any, None]
 Message = dict[str, Any]
 """An ASGI `websocket.send` message: `{"type": "websocket.send", "text": frame}`."""
+Send = Callable[[Message], SendCoroutine]
+"""The ASGI `send` of one WebSocket connection."""
 
 
 class OutboxClosed(ConnectionError):
@@ -30,55 +39,71 @@ class OutboxClosed(ConnectionError):
 
 
 class Outbox:
-    """The outgoing side of one subscriber's socket."""
+    """The outgoing side of one subscriber's socket: inline writes, one bounded queue."""
 
     __slots__ = (
-        "_backlog",
-        "_backlog_bytes",
-        "_drainer",
         "_max_bytes",
         "_max_frames",
+        "_queue",
+        "_queued_bytes",
         "_send",
+        "_suspended",
+        "_writer",
         "closed",
+        "held",
         "overflowed",
     )
 
-    def __init__(
-        self, send: Callable[[Message], SendCoroutine], *, max_frames: int, max_bytes: int
-    ) -> None:
+    def __init__(self, send: Send, *, max_frames: int, max_bytes: int) -> None:
+        """`send` is the socket's ASGI send; `max_frames` and `max_bytes` bound the queue
+        (`subscriber_buffer`, `subscriber_buffer_bytes`)."""
         self._send = send
         self._max_frames = max_frames
         self._max_bytes = max_bytes
-        # Created on the first backlog only: an idle socket should cost as little as possible.
-        self._backlog: deque[Message] | None = None
-        self._backlog_bytes = 0
-        self._drainer: asyncio.Task[None] | None = None
+        # A queue exists while held or while the writer task runs; None means "write
+        # inline", which is every idle socket: it should cost as little as possible.
+        self._queue: deque[Event] | None = deque()
+        self._queued_bytes = 0
+        self._writer: asyncio.Task[None] | None = None
+        # The send that suspended in `put`, until the writer task takes it over.
+        self._suspended: SendCoroutine | None = None
+        self.held = True
         self.closed = False
         self.overflowed = False
 
     @property
-    def backlog(self) -> int:
-        """Frames waiting for the socket."""
-        return len(self._backlog) if self._backlog is not None else 0
+    def queued(self) -> int:
+        """Frames waiting in the queue."""
+        return len(self._queue) if self._queue is not None else 0
 
-    def put(self, message: Message) -> bool:
-        """Write or queue `message`. False if the outbox is closed or has just overflowed."""
+    @property
+    def queued_bytes(self) -> int:
+        """Frame text waiting in the queue."""
+        return self._queued_bytes
+
+    def fits(self, event: Event) -> bool:
+        """True if `event` can join the queue without passing its bounds."""
+        return (
+            self.queued < self._max_frames
+            and self._queued_bytes + len(event.frame) <= self._max_bytes
+        )
+
+    def put(self, event: Event) -> bool:
+        """Write or queue `event`. False if the outbox is closed or has just overflowed
+        (then it is closed too, and `overflowed` says why)."""
         if self.closed:
             return False
-        if self._drainer is not None:
-            backlog = self._backlog
-            if backlog is None:
-                backlog = self._backlog = deque()
-            size = len(message["text"])
-            if len(backlog) >= self._max_frames or self._backlog_bytes + size > self._max_bytes:
-                self.overflowed = self.closed = True
-                self._backlog = None
-                self._backlog_bytes = 0
+        queue = self._queue
+        if queue is not None:
+            size = len(event.frame)
+            if len(queue) >= self._max_frames or self._queued_bytes + size > self._max_bytes:
+                self.overflowed = True
+                self.stop()
                 return False
-            backlog.append(message)
-            self._backlog_bytes += size
+            queue.append(event)
+            self._queued_bytes += size
             return True
-        coro = self._send(message)
+        coro = self._send(event.asgi)
         try:
             blocker = coro.send(None)
         except StopIteration:
@@ -87,63 +112,89 @@ class Outbox:
             # The socket is gone; its receive loop sees the disconnect and unsubscribes.
             self.closed = True
             return False
-        self._drainer = asyncio.get_running_loop().create_task(self._drain(coro, blocker))
+        self._queue = deque()
+        self._suspended = coro
+        self._writer = asyncio.get_running_loop().create_task(self._write(coro, blocker))
         return True
 
-    async def send(self, message: Message) -> None:
-        """Write `message` waiting for the socket (history replay, before going live).
+    async def send(self, event: Event) -> None:
+        """Write `event` now, waiting for the socket, ahead of what is held: the hello
+        and the history replay, before `release`.
 
         Raises `OutboxClosed` once the outbox is closed: after a kick the socket's close
         frame may already be out, and nothing may follow it."""
-        if self._drainer is not None:
-            await asyncio.shield(self._drainer)
         if self.closed:
             raise OutboxClosed("the socket was closed")
-        await self._send(message)
+        if not self.held:
+            raise RuntimeError("Outbox.send is for the replay; after release, use put")
+        await self._send(event.asgi)
+
+    def release(self) -> Iterable[Event]:
+        """Go live: return what was held, oldest first (the hub puts it again)."""
+        held, self._queue = self._queue, None
+        self._queued_bytes = 0
+        self.held = False
+        return held if held is not None else ()
+
+    def stop(self) -> None:
+        """Write nothing more and drop the queue; a frame being written finishes."""
+        self.closed = True
+        if self._queue is not None:
+            self._queue.clear()
+        self._queued_bytes = 0
 
     async def aclose(self) -> None:
-        """Stop writing; drop the backlog."""
-        self.closed = True
-        self._backlog = None
-        if self._drainer is not None:
-            self._drainer.cancel()
-            await asyncio.gather(self._drainer, return_exceptions=True)
+        """Stop, and cancel a write still waiting for the socket."""
+        self.stop()
+        writer = self._writer
+        if writer is None:
+            return
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        suspended, self._suspended = self._suspended, None
+        if suspended is not None:
+            # Cancelled before its first step, the writer never took the send over: end
+            # that send here, so that its own cleanup (`finally`) runs now.
+            self._writer = None
+            suspended.close()
 
-    async def _drain(self, coro: SendCoroutine, blocker: Any) -> None:
+    async def _write(self, coro: SendCoroutine, blocker: Any) -> None:
+        """Finish the send that suspended, then write the queue until it is empty."""
+        self._suspended = None
+        queue = self._queue
         try:
-            await _finish(coro, blocker)
-            while self._backlog and not self.closed:
-                message = self._backlog.popleft()
-                self._backlog_bytes -= len(message["text"])
-                await self._send(message)
-            self._backlog = None
+            await _resume(coro, blocker)
+            while queue and not self.closed:
+                event = queue.popleft()
+                self._queued_bytes -= len(event.frame)
+                await self._send(event.asgi)
         except Exception:
             self.closed = True
         finally:
-            self._drainer = None
+            self._writer = None
+            if self._queue is queue:  # back to inline writes
+                self._queue = None
+                self._queued_bytes = 0
 
 
-async def _finish(coro: SendCoroutine, blocker: Any) -> None:
-    """Run to its end a coroutine whose first step, run inline, suspended on `blocker`.
+@types.coroutine
+def _resume(coro: SendCoroutine, blocker: Any) -> Generator[Any, Any, None]:
+    """Carry on a coroutine whose first step ran inline and yielded `blocker`.
 
-    This is what an asyncio Task does on each step, done by hand because the first step
-    already ran outside any task (Python 3.12's eager tasks do the same thing).
-    """
+    This is `await coro` entered after its first step: what the coroutine yields goes up
+    to the task running this, as if the coroutine had run in it from the start, and what
+    the task sends or throws goes back down (PEP 380's delegation, written out because
+    `yield from` would begin with a step of its own)."""
     try:
         while True:
             try:
-                if blocker is None:  # a bare yield, as in asyncio.sleep(0)
-                    await asyncio.sleep(0)
-                else:
-                    # A Task clears this flag when it takes over a yielded future;
-                    # awaiting one that still has it set is refused as misuse.
-                    blocker._asyncio_future_blocking = False
-                    await blocker
-            except BaseException as exc:  # hand cancellation and errors to the coroutine
+                sent = yield blocker
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation: the coroutine decides what to do
                 blocker = coro.throw(exc)
             else:
-                blocker = coro.send(None)
+                blocker = coro.send(sent)
     except StopIteration:
         return
-    finally:
-        coro.close()

@@ -40,10 +40,12 @@ async def history_pages(
     size = _FIRST_PAGE
     while cursor < end:
         upper = min(cursor + size, end)
-        page = await storage.history(info.session_id, after=cursor, before=upper + 1)
+        page = await storage.history(
+            info.session_id, after=cursor, before=upper + 1, max_bytes=budget_bytes
+        )
+        cursor = page[-1].seq if page else upper  # a page cut by max_bytes ends early
         if page:
             largest = max(len(m.to_json()) for m in page)
             yield page
             del page  # not held while the next page is read
             size = max(1, min(_MAX_PAGE, budget_bytes // largest))
-        cursor = upper

@@ -1,4 +1,4 @@
-"""Running the app under uvicorn, with the bridge's shutdown order."""
+"""Running the app under uvicorn, with the bridge's shutdown order and socket bounds."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 import uvicorn
-from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from bridge.app import CLOSE_GOING_AWAY, create_app
+from bridge.app import create_app
 from bridge.service import BridgeService
 from bridge.settings import Settings
 
-__all__ = ["GC_THRESHOLDS", "serve"]
+__all__ = ["GC_THRESHOLDS", "BridgeServer", "build_server", "serve"]
 
 log = logging.getLogger("bridge")
 
@@ -39,9 +38,14 @@ class _WriteGate(asyncio.Event):
     up that returns at once, as before (no timer per frame); once the transport paused
     writing (its buffer is over the high-water mark), a write that cannot go out within
     `send_timeout_s` aborts the connection instead of waiting forever for a peer that
-    stopped reading. The abort makes uvicorn report the disconnect, so the app unsubscribes
-    and the file descriptor is released. A history replay, a drain of the backlog and the
-    close frame of a kick all write through here.
+    stopped reading. The abort makes uvicorn report the disconnect (and set this gate, so
+    the waiting send raises), the app unsubscribes and the file descriptor is released.
+    A history replay, the outbox's writes and the close frame of a kick all wait here.
+
+    The deadline is a loop timer, not `asyncio.timeout`: that one cancels the task that
+    entered it, and a live write is begun inline by whichever task publishes (the
+    outbox runs a send's first step without a task of its own); it would have cancelled
+    the publisher (the Redis broker's reader, say) and left the write waiting.
     """
 
     __slots__ = ("_timeout", "transport")
@@ -58,13 +62,21 @@ class _WriteGate(asyncio.Event):
         """Return once writable; abort the connection after `send_timeout_s` of waiting."""
         if self.is_set():
             return True
+        timer = asyncio.get_running_loop().call_later(self._timeout, self._expired)
         try:
-            async with asyncio.timeout(self._timeout):
-                return await super().wait()
-        except TimeoutError:
-            if self.transport is not None:
-                self.transport.abort()
-            raise ClientDisconnected("the peer read nothing for send_timeout_s") from None
+            return await super().wait()
+        finally:
+            timer.cancel()
+
+    def _expired(self) -> None:
+        if self.is_set():
+            return
+        if self.transport is not None:
+            # uvicorn's connection_lost follows, which sets this gate: the waiting send
+            # then finds the connection gone and raises ClientDisconnected.
+            self.transport.abort()
+        else:
+            self.set()  # nothing to abort: let the send find out for itself
 
 
 class _WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -170,24 +182,27 @@ class _RedactTokens(logging.Filter):
         return True
 
 
-class _BridgeServer(uvicorn.Server):
+class BridgeServer(uvicorn.Server):
     """uvicorn would close every WebSocket with 1012 on SIGTERM; the protocol promises
     1001 ("reconnect with after"), so subscribers are closed first, then uvicorn lets
     in-flight requests (and so their commits) finish before the lifespan closes storage."""
 
     def __init__(self, config: uvicorn.Config, service: BridgeService) -> None:
         super().__init__(config)
-        self._service = service
+        self.service = service
+        """The service of the app this server runs."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._service.stop_listening()
-        await self._service.hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down")
+        """Close the bridge's sockets with 1001 and answer Listen calls, then uvicorn's
+        shutdown (in-flight requests finish, then the lifespan closes storage)."""
+        await self.service.shutdown()
         await super().shutdown(sockets)
 
 
-def serve(settings: Settings, *, access_log: bool = False) -> None:
-    """Serve the bridge until SIGINT or SIGTERM."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+def build_server(settings: Settings, *, access_log: bool = False) -> BridgeServer:
+    """The bridge's app under a uvicorn server configured as `serve` runs it, not yet
+    started: `serve` runs it in the main thread, the tests' in-process fixture in a
+    thread of its own (`server.run(sockets=[...])`)."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -203,15 +218,22 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
         access_log=access_log,
         timeout_graceful_shutdown=10,
     )
+    service: BridgeService = app.state.service
+    return BridgeServer(config, service)
+
+
+def serve(settings: Settings, *, access_log: bool = False) -> None:
+    """Serve the bridge until SIGINT or SIGTERM."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    server = build_server(settings, access_log=access_log)
     scheme_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log.info(
         "streamlit-bridge on http://%s:%d (store %s; API key %s)",
         scheme_host,
         settings.port,
-        app.state.service.storage.url,
+        server.service.store_url,
         "on" if settings.api_key else "off",
     )
-    server = _BridgeServer(config, app.state.service)
     for name in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(_RedactTokens())
     _tune_gc()

@@ -5,6 +5,11 @@ Every message of a session is stored and published while holding that session's 
 order are the same on every socket, however many requests race. The store-then-publish
 step is shielded from cancellation: a client that hangs up after its message was
 committed cannot leave it committed but unpublished.
+
+The transports (`api.py`, `ws.py`, `health.py`, `server.py`) parse, call one method here,
+and write the answer; none of them reaches into the store, the broker or the hub. A
+WebSocket is `subscribe`: join the hub, hello, replay, live, in that order, so that no
+message falls between the replay and the live stream.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from bridge.errors import (
     TimedOut,
 )
 from bridge.events import ALL_SESSIONS, Event
-from bridge.hub import Hub
+from bridge.hub import Closer, Hub, Subscriber
 from bridge.listen import ListenBoard
 from bridge.metrics import Metrics
 from bridge.models import (
@@ -38,36 +43,17 @@ from bridge.models import (
     Template,
     check_session_id,
 )
+from bridge.outbox import OutboxClosed, Send
 from bridge.paging import history_pages
 from bridge.settings import Settings
 from bridge.storage import Claimed, Storage
+from bridge.wire import CLOSE_GOING_AWAY, CLOSE_POLICY, TOKEN_EXPIRED, WELCOME_ID, Listened
 
-__all__ = ["WELCOME_ID", "BridgeService", "Listened", "SessionView", "history_pages"]
-
-WELCOME_ID = "welcome"
-"""The id of every session's first message, the template's welcome."""
+__all__ = ["BridgeService", "Listened", "SessionView", "Subscription"]
 
 log = logging.getLogger("bridge")
 
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
-
-
-@dataclass(frozen=True, slots=True)
-class Listened:
-    """What a Listen call receives: the claimed message, the messages before it, and
-    which attempt this is (1, or more when earlier claims went unanswered)."""
-
-    message: StoredMessage
-    history: list[StoredMessage]
-    attempt: int = 1
-
-    def to_dict(self) -> dict[str, object]:
-        """The documented Listen answer (plus id, seq, created_at and attempt)."""
-        return {
-            **self.message.to_dict(),
-            "attempt": self.attempt,
-            "history": [m.to_dict() for m in self.history],
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +77,8 @@ class SessionView:
 
 
 class BridgeService:
-    """Sessions, messages, streams, Listen and the template, over a store and a broker."""
+    """Sessions, messages, streams, Listen, subscriptions and the template, over a store,
+    a broker and this process's hub (which it owns: nothing else reaches them)."""
 
     def __init__(
         self,
@@ -102,10 +89,11 @@ class BridgeService:
         metrics: Metrics,
     ) -> None:
         self.settings = settings
-        self.storage = storage
-        self.broker = broker
-        self.hub = hub
-        self.metrics = metrics
+        """The settings in force (read only)."""
+        self._storage = storage
+        self._broker = broker
+        self._hub = hub
+        self._metrics = metrics
         self._listen = ListenBoard(max_waiters=settings.listen_waiters_max)
         self._template = Template()
         self._presence_due: set[str] = set()
@@ -114,12 +102,39 @@ class BridgeService:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the template and begin receiving events from the broker."""
-        self._template = await self.storage.load_template() or Template()
-        await self.broker.start(self._on_event)
+        """Load the template and begin receiving events from the broker (the store is
+        open already)."""
+        self._template = await self._storage.load_template() or Template()
+        await self._broker.start(self._on_event)
+
+    @property
+    def store_url(self) -> str:
+        """The store's URL as it may be shown (no password)."""
+        return self._storage.url
+
+    async def ready(self) -> str:
+        """Check that the store answers; return its URL as `store_url` does.
+        Raises `StorageUnavailable` if it does not."""
+        await self._storage.ping()
+        return self._storage.url
+
+    async def shutdown(self) -> None:
+        """The first step of stopping, while the server still runs: answer every waiting
+        Listen call now (204) and close every socket with 1001, waiting until the close
+        frames are out. In-flight requests finish after this; a second call does nothing
+        more."""
+        self._listen.close()
+        await self._hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down")
+
+    async def stop(self) -> None:
+        """The last step, once no request runs: `shutdown` if it has not run, then wait
+        for background announcements. The broker and store are closed after this."""
+        await self.shutdown()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def _on_event(self, event: Event) -> None:
-        self.hub.dispatch(event)
+        self._hub.dispatch(event)
         if event.user_message:
             self._listen.notify(event.session_id)
         elif event.kind == "template":
@@ -164,7 +179,7 @@ class BridgeService:
     def epoch(self, info: SessionInfo) -> str:
         """The epoch of one session's history: the store's epoch and the session's birth.
         A session deleted and created again has a new one, so old `after` values are void."""
-        return f"{self.storage.epoch}.{round(info.created_at * 1e6)}"
+        return f"{self._storage.epoch}.{round(info.created_at * 1e6)}"
 
     async def create_session(self, session_id: str) -> list[StoredMessage]:
         """Create the session with the welcome message if new; return its messages."""
@@ -172,33 +187,33 @@ class BridgeService:
         created = await asyncio.shield(self._create_and_publish(session_id))
         if created is not None:
             return list(created)
-        return await self.storage.history(session_id)
+        return await self._storage.history(session_id)
 
     async def _create_and_publish(self, session_id: str) -> tuple[StoredMessage, ...] | None:
-        async with self.broker.lock(session_id):
-            created = await self.storage.create_session(session_id, self._welcome())
+        async with self._broker.lock(session_id):
+            created = await self._storage.create_session(session_id, self._welcome())
             for message in created or ():
-                await self.broker.publish(Event.message(message))
+                await self._broker.publish(Event.message(message))
             if created:
-                self.metrics.messages.inc(len(created))
+                self._metrics.messages.inc(len(created))
             return created
 
     async def ensure_session(self, session_id: str) -> SessionInfo:
         """The session's counters, creating it (with the welcome message) if new."""
-        info = await self.storage.session_info(check_session_id(session_id))
+        info = await self._storage.session_info(check_session_id(session_id))
         if info is None:
             await self.create_session(session_id)
-            info = await self.storage.session_info(session_id)
+            info = await self._storage.session_info(session_id)
         if info is None:  # deleted again in between; report rather than guess
             raise NotFound(f"session {session_id!r} was deleted while it was being opened")
         return info
 
     async def session(self, session_id: str) -> SessionView:
         """Counters and subscribers of an existing session."""
-        info = await self.storage.session_info(check_session_id(session_id))
+        info = await self._storage.session_info(check_session_id(session_id))
         if info is None:
             raise NotFound(f"no session {session_id!r}")
-        subscribers = await self.broker.presence(session_id, 0)
+        subscribers = await self._broker.presence(session_id, 0)
         return SessionView(info, subscribers, self.epoch(info))
 
     async def sessions(self, offset: int = 0, limit: int | None = None) -> list[str]:
@@ -211,11 +226,11 @@ class BridgeService:
             raise InvalidInput(f"limit must be 1..{cap} (BRIDGE_LIST_LIMIT_MAX)")
         if offset < 0:
             raise InvalidInput("offset must be 0 or more")
-        return await self.storage.sessions(offset=offset, limit=limit)
+        return await self._storage.sessions(offset=offset, limit=limit)
 
     async def last_session(self) -> str:
         """The most recently created session id."""
-        last = await self.storage.last_session()
+        last = await self._storage.last_session()
         if last is None:
             raise NotFound("no session has been created yet")
         return last
@@ -223,30 +238,28 @@ class BridgeService:
     async def delete_session(self, session_id: str) -> None:
         """Delete a session and its history; its subscribers get `reset`."""
         check_session_id(session_id)
-        async with self.broker.lock(session_id):
-            if not await self.storage.delete_session(session_id):
+        async with self._broker.lock(session_id):
+            if not await self._storage.delete_session(session_id):
                 raise NotFound(f"no session {session_id!r}")
-            await self.broker.publish(Event.of(session_id, "reset"))
+            await self._broker.publish(Event.of(session_id, "reset"))
 
     async def reset_all(self) -> None:
         """Delete every session (the documented `POST /reset/messages`)."""
-        await self.storage.reset()
-        await self.broker.publish(Event.of(ALL_SESSIONS, "reset"))
+        await self._storage.reset()
+        await self._broker.publish(Event.of(ALL_SESSIONS, "reset"))
 
-    async def history(
-        self, session_id: str, limit: int = 0
-    ) -> AsyncIterator[list[StoredMessage]]:
+    async def history(self, session_id: str, limit: int = 0) -> AsyncIterator[list[StoredMessage]]:
         """The last `limit` messages of an existing session (0: all that are kept), in
         pages of about `replay_buffer_bytes`: a reader of a large session holds one page
         at a time, not the whole history. Raises `NotFound` before the first page."""
         check_session_id(session_id)
         if limit < 0:
             raise InvalidInput("limit must be 0 (all) or a positive number")
-        info = await self.storage.session_info(session_id)
+        info = await self._storage.session_info(session_id)
         if info is None:
             raise NotFound(f"no session {session_id!r}")
         return history_pages(
-            self.storage,
+            self._storage,
             info,
             last=limit or None,
             budget_bytes=self.settings.replay_buffer_bytes,
@@ -256,7 +269,7 @@ class BridgeService:
         """The newest message of the session, of `role` unless it is `any`."""
         check_session_id(session_id)
         wanted = None if role == "any" else self._check_role(role)
-        message = await self.storage.last_message(session_id, wanted)
+        message = await self._storage.last_message(session_id, wanted)
         if message is None:
             what = "message" if wanted is None else f"{wanted!r} message"
             raise NotFound(f"session {session_id!r} has no {what}")
@@ -278,10 +291,10 @@ class BridgeService:
     async def _append_and_publish(
         self, session_id: str, draft: Draft, stream_id: str | None
     ) -> StoredMessage:
-        async with self.broker.lock(session_id):
-            appended = await self.storage.append(session_id, draft, self._welcome())
+        async with self._broker.lock(session_id):
+            appended = await self._storage.append(session_id, draft, self._welcome())
             if appended.duplicate and stream_id is not None:
-                await self.broker.publish(
+                await self._broker.publish(
                     Event.of(
                         session_id,
                         "stream.abort",
@@ -291,9 +304,9 @@ class BridgeService:
                 )
             for stored in appended.stored:
                 if stream_id is not None and stored.id == draft.id:
-                    await self.broker.publish(Event.stream_end(stream_id, stored))
+                    await self._broker.publish(Event.stream_end(stream_id, stored))
                 else:
-                    await self.broker.publish(Event.message(stored))
+                    await self._broker.publish(Event.message(stored))
         if appended.duplicate:
             first = appended.message
             if (first.role, first.content, first.type) != (draft.role, draft.content, draft.type):
@@ -302,9 +315,9 @@ class BridgeService:
                     f"{session_id!r} for a different message (seq {first.seq}); "
                     "use a new key for new content"
                 )
-            self.metrics.duplicates.inc()
+            self._metrics.duplicates.inc()
         else:
-            self.metrics.messages.inc(len(appended.stored))
+            self._metrics.messages.inc(len(appended.stored))
         return appended.message
 
     async def stream(
@@ -324,7 +337,7 @@ class BridgeService:
         key = self._check_key(idempotency_key)
         await self.ensure_session(session_id)
         stream_id = uuid.uuid4().hex
-        await self.broker.publish(
+        await self._broker.publish(
             Event.of(session_id, "stream.start", stream_id=stream_id, role=role)
         )
         try:
@@ -332,7 +345,7 @@ class BridgeService:
         except BaseException as exc:
             detail = getattr(exc, "detail", None) or "the sender stopped before the end"
             abort = Event.of(session_id, "stream.abort", stream_id=stream_id, detail=detail)
-            await asyncio.shield(self.broker.publish(abort))
+            await asyncio.shield(self._broker.publish(abort))
             raise
         draft = Draft(role, text, "text", stream_id, key)
         return await asyncio.shield(self._append_and_publish(session_id, draft, stream_id))
@@ -363,7 +376,7 @@ class BridgeService:
             delta = "".join(unsent)
             unsent.clear()
             send_at = loop.time() + settings.stream_coalesce_s
-            await self.broker.publish(
+            await self._broker.publish(
                 Event.of(session_id, "stream.delta", stream_id=stream_id, delta=delta)
             )
 
@@ -426,21 +439,21 @@ class BridgeService:
         if wait < 0:
             raise InvalidInput("timeout must be 0 or more seconds")
         wait = min(wait, self.settings.listen_timeout_max_s)
-        self.metrics.listen_waiting.inc()
+        self._metrics.listen_waiting.inc()
         try:
             claimed = await self._listen.wait(
                 session_id,
                 lambda: self._claim(session_id),
-                self.storage.release_listen,
+                self._storage.release_listen,
                 wait,
             )
         finally:
-            self.metrics.listen_waiting.dec()
+            self._metrics.listen_waiting.dec()
         if claimed is None:
             return None
         message = claimed.message
         try:
-            history = await self.storage.history(
+            history = await self._storage.history(
                 message.session_id, before=message.seq, last=self.settings.listen_history_limit
             )
         except BaseException:
@@ -453,7 +466,7 @@ class BridgeService:
     async def _claim(self, session_id: str | None) -> Claimed | None:
         """One claim in the store; report the leases it gave up, and arrange for a
         waiting Listen call to be woken when the new lease runs out."""
-        outcome = await self.storage.claim_listen(session_id)
+        outcome = await self._storage.claim_listen(session_id)
         for lost in outcome.dropped:
             log.warning(
                 "Listen message seq %d of session %r is given up unanswered after %d "
@@ -491,29 +504,133 @@ class BridgeService:
         await asyncio.shield(self._release(Claimed(listened.message, listened.attempt)))
 
     async def _release(self, claimed: Claimed) -> None:
-        await self.storage.release_listen(claimed)
+        await self._storage.release_listen(claimed)
         self._listen.notify(claimed.session_id)  # a call waiting here may take it now
 
     # -- template ------------------------------------------------------------------------
 
     async def set_template(self, template: Template) -> Template:
         """Store the template and push it to every subscriber; nothing restarts."""
-        await self.storage.save_template(template)
+        await self._storage.save_template(template)
         self._template = template
-        await self.broker.publish(
+        await self._broker.publish(
             Event.of(ALL_SESSIONS, "template", template=template.model_dump())
         )
         return template
 
     # -- subscriptions -------------------------------------------------------------------
 
-    async def presence_changed(self, session_id: str, delta: int) -> int:
+    def subscribe(
+        self,
+        session_id: str,
+        after: int,
+        send: Send,
+        close: Closer,
+        *,
+        expires_at: float | None = None,
+    ) -> Subscription:
+        """`async with service.subscribe(...) as sub:` one socket's subscription to
+        `session_id`, created with its welcome if new.
+
+        On entry the socket is sent `hello` and every stored message after `after`, then
+        goes live: the `Subscriber` it yields gets every later event of the session once,
+        in `seq` order, and takes the socket's own frames (`sub.put`). `send` and `close`
+        are the socket's ASGI send and close; `expires_at` (wall-clock seconds), when the
+        socket's session token runs out: it is closed with 1008 then. A subscriber closed
+        meanwhile (too slow, token expired, session deleted) is yielded all the same:
+        its close frame is on the way, and the transport sees the disconnect. Leaving
+        is certain, whatever happens inside. Raises `BridgeError` before anything is
+        sent if the session cannot be opened."""
+        check_session_id(session_id)
+        if after < 0:
+            raise InvalidInput("after must be 0 or more")
+        return Subscription(self, session_id, after, send, close, expires_at)
+
+    async def _join(self, subscription: Subscription) -> Subscriber:
+        """`Subscription.__aenter__`: join the hub, then hello and replay, then live.
+
+        The subscriber joins the hub (its outbox held) before storage is read, so a
+        message stored meanwhile is either read by the replay or held for `go_live`;
+        `seq` drops the overlap."""
+        session_id = subscription.session_id
+        opened = await self.ensure_session(session_id)
+        sub = subscription.sub = self._hub.join(session_id, subscription.send, subscription.close)
+        if subscription.expires_at is not None:
+            # The token let this socket in until its `exp`; no longer.
+            loop = asyncio.get_running_loop()
+            subscription.expiry = loop.call_at(
+                loop.time() + subscription.expires_at - time.time(),
+                self._hub.kick,
+                sub,
+                CLOSE_POLICY,
+                TOKEN_EXPIRED,
+            )
+        subscribers = await self._presence_changed(session_id, +1)
+        subscription.counted = True
+        await self._replay(sub, subscription.after, opened.last_seq, subscribers)
+        return sub
+
+    async def _replay(self, sub: Subscriber, after: int, last_seq: int, subscribers: int) -> None:
+        """Send hello and every stored message after `after`, then go live.
+
+        History is read in pages of about `replay_buffer_bytes` (`history_pages`): a
+        socket holds one page at a time, however large the messages. A subscriber kicked
+        meanwhile stops here; its close frame is on the way."""
+        info = await self._storage.session_info(sub.session_id)
+        bound = info.last_seq if info is not None else last_seq
+        epoch = self.epoch(info) if info is not None else ""
+        outbox = sub.outbox
+        try:
+            await outbox.send(
+                Event.of(
+                    sub.session_id,
+                    "hello",
+                    session_id=sub.session_id,
+                    epoch=epoch,
+                    last_seq=bound,
+                    template=self._template.model_dump(),
+                    subscribers=subscribers,
+                )
+            )
+            replayed: set[str] = set()
+            if info is not None and after < bound:
+                pages = history_pages(
+                    self._storage,
+                    info,
+                    after=after,
+                    budget_bytes=self.settings.replay_buffer_bytes,
+                )
+                del info
+                async for page in pages:
+                    for message in page:
+                        await outbox.send(Event.message(message))
+                        sub.last_seq = message.seq
+                        replayed.add(message.id)
+                    del page  # hold one page at a time, not this one while reading the next
+        except OutboxClosed:
+            return
+        self._hub.go_live(sub, replayed)
+
+    async def _leave(self, subscription: Subscription) -> None:
+        """`Subscription.__aexit__` (and a failed `__aenter__`): undo what `_join` did."""
+        if subscription.expiry is not None:
+            subscription.expiry.cancel()
+        sub = subscription.sub
+        try:
+            if subscription.counted:
+                subscription.counted = False
+                await self._presence_changed(subscription.session_id, -1)
+        finally:
+            if sub is not None:
+                await self._hub.leave(sub)
+
+    async def _presence_changed(self, session_id: str, delta: int) -> int:
         """Count a subscriber in or out; the session hears of it within
         `presence_interval_s`, in one `presence` event however many joined or left.
 
         One event per join would cost N frames per join: N² to open N tabs of a session.
         """
-        count = await self.broker.presence(session_id, delta)
+        count = await self._broker.presence(session_id, delta)
         if session_id not in self._presence_due:
             self._presence_due.add(session_id)
             asyncio.get_running_loop().call_later(
@@ -529,16 +646,55 @@ class BridgeService:
     async def _publish_presence(self, session_id: str) -> None:
         self._presence_due.discard(session_id)
         try:
-            count = await self.broker.presence(session_id, 0)
-            await self.broker.publish(Event.of(session_id, "presence", subscribers=count))
+            count = await self._broker.presence(session_id, 0)
+            await self._broker.publish(Event.of(session_id, "presence", subscribers=count))
         except BridgeError as exc:  # presence is advisory; a store hiccup must not surface
             log.warning("presence of %s not announced: %s", session_id, exc.detail)
 
-    def stop_listening(self) -> None:
-        """Answer every waiting Listen call now (shutdown)."""
-        self._listen.close()
 
-    async def stop(self) -> None:
-        """Wait for background announcements to finish."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+class Subscription:
+    """The async context manager of `BridgeService.subscribe`.
+
+    A class with slots rather than a generator: one lives as long as each socket, and an
+    idle socket should cost as little as possible."""
+
+    __slots__ = (
+        "_service",
+        "after",
+        "close",
+        "counted",
+        "expires_at",
+        "expiry",
+        "send",
+        "session_id",
+        "sub",
+    )
+
+    def __init__(
+        self,
+        service: BridgeService,
+        session_id: str,
+        after: int,
+        send: Send,
+        close: Closer,
+        expires_at: float | None,
+    ) -> None:
+        self._service = service
+        self.session_id = session_id
+        self.after = after
+        self.send = send
+        self.close = close
+        self.expires_at = expires_at
+        self.sub: Subscriber | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        self.counted = False  # in the presence count
+
+    async def __aenter__(self) -> Subscriber:
+        try:
+            return await self._service._join(self)
+        except BaseException:
+            await self._service._leave(self)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._service._leave(self)

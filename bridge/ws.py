@@ -1,8 +1,9 @@
-"""The WebSocket route `/api/v1/sessions/{id}/ws?after=N`: hello, replay, then live.
+"""The WebSocket route `/api/v1/sessions/{id}/ws?after=N`: parse, subscribe, read frames.
 
-Frames are JSON text with an `event` field (protocol.md section 3). Bad client frames get
-an `error` event and the socket stays open; policy failures close it with the code of
-the `BridgeError` (protocol.md section 6).
+The transport only: the subscription itself (hello, replay, live, presence, the token's
+expiry) is `BridgeService.subscribe`. Frames are JSON text with an `event` field
+(protocol.md section 3). Bad client frames get an `error` event and the socket stays
+open; policy failures close it with the code of the `BridgeError` (protocol.md section 6).
 
 Bounds per socket: its history is replayed in pages of about `replay_buffer_bytes`, each
 write waiting at most `send_timeout_s` (server.py aborts a connection whose peer stopped
@@ -14,57 +15,131 @@ expires.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection
-from starlette.routing import WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bridge.auth import SocketPass
+from bridge.auth import Auth
 from bridge.errors import BridgeError, InvalidInput, QuotaExceeded
-from bridge.events import Event, text_message
+from bridge.events import Event
 from bridge.hub import Subscriber, close_reason
 from bridge.models import MessageIn, check_session_id, describe_validation_error
-from bridge.outbox import Outbox, OutboxClosed
-from bridge.paging import history_pages
 from bridge.ratelimit import RateLimiter
 from bridge.service import BridgeService
 
 __all__ = ["SessionSocket", "SocketLimits", "routes"]
 
-CLOSE_POLICY = 1008
-_PONG = json.dumps({"event": "pong"})
+PATH = "/api/v1/sessions/{session_id}/ws"
+_PONG = Event.of("", "pong")  # the same frame for every ping: built once
 
 
 def _client(conn: HTTPConnection) -> str:
     return conn.client.host if conn.client else "unknown"
 
 
-def _error(detail: str) -> str:
-    return json.dumps({"event": "error", "detail": detail}, ensure_ascii=False)
+def _error(session_id: str, detail: str) -> Event:
+    return Event.of(session_id, "error", detail=detail)
+
+
+def routes(service: BridgeService, auth: Auth, limiter: RateLimiter) -> list[BaseRoute]:
+    """The WebSocket route, its endpoint holding what it needs (built once per app)."""
+    settings = service.settings
+    limits = SocketLimits(settings.sockets_max, settings.sockets_per_client_max)
+    return [WebSocketRoute(PATH, SessionSocket(service, auth, limiter, limits))]
 
 
 class SessionSocket:
-    """The ASGI endpoint of `/api/v1/sessions/{id}/ws`.
+    """The ASGI endpoint of `/api/v1/sessions/{id}/ws?after=N`: parse, subscribe, and
+    read the client's frames until the socket closes.
 
     A plain ASGI app rather than a FastAPI route so that frames can go to the server's
     `send` directly: Starlette's `WebSocket.send_text` adds three calls and a dict per frame
     per subscriber, the bulk of fan-out's cost above the server's own.
     """
 
+    __slots__ = ("_auth", "_limiter", "_limits", "_service")
+
+    def __init__(
+        self, service: BridgeService, auth: Auth, limiter: RateLimiter, limits: SocketLimits
+    ) -> None:
+        self._service = service
+        self._auth = auth
+        self._limiter = limiter
+        self._limits = limits
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
-        await session_socket(
-            websocket, send, scope["path_params"]["session_id"], websocket.query_params.get("after")
-        )
+        session_id: str = scope["path_params"]["session_id"]
+        # This frame lives as long as the socket: keep what it holds small.
+        try:
+            check_session_id(session_id)
+            after = _parse_after(websocket.query_params.get("after"))
+            grant = self._auth.check_socket(websocket, session_id)
+            client = grant.client if grant is not None else _client(websocket)
+            self._limits.admit(client)
+        except BridgeError as exc:
+            await _refuse(websocket, exc)
+            return
+        expires_at = grant.expires_at if grant is not None else None
+        del grant
+        try:
+            await websocket.accept()
+            subscription = self._service.subscribe(
+                session_id,
+                after,
+                send,  # type: ignore[arg-type]  # an ASGI send takes our websocket.send messages
+                websocket.close,
+                expires_at=expires_at,
+            )
+            async with subscription as sub:
+                await self._receive(websocket, sub)
+        except BridgeError as exc:  # the session could not be opened (or the store failed)
+            await _close(websocket, exc)
+        except (WebSocketDisconnect, OSError):  # OSError: the raw send's "disconnected"
+            return
+        finally:
+            self._limits.release(client)
 
+    async def _receive(self, websocket: WebSocket, sub: Subscriber) -> None:
+        while True:
+            frame = await websocket.receive()
+            if frame["type"] == "websocket.disconnect":
+                return
+            text = frame.get("text")
+            if text is None:
+                sub.put(_error(sub.session_id, "send JSON text frames, not binary"))
+                continue
+            try:
+                await self._handle(text, websocket, sub)
+            except BridgeError as exc:
+                sub.put(_error(sub.session_id, exc.detail))
 
-routes = [WebSocketRoute("/api/v1/sessions/{session_id}/ws", SessionSocket())]
+    async def _handle(self, text: str, websocket: WebSocket, sub: Subscriber) -> None:
+        try:
+            data: Any = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"frame is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("frame is nested too deeply") from None
+        if not isinstance(data, dict):
+            raise InvalidInput('a frame must be a JSON object with an "event" field')
+        kind = data.pop("event", None)
+        if kind == "ping":
+            sub.put(_PONG)
+        elif kind == "message":
+            self._limiter.take(_client(websocket))  # by address, as HTTP publishing is
+            try:
+                message = MessageIn.model_validate(data)
+            except ValidationError as exc:
+                raise InvalidInput(describe_validation_error(exc)) from None
+            await self._service.post(sub.session_id, message)
+        else:
+            raise InvalidInput(f"unknown event {str(kind)[:40]!r}: send 'message' or 'ping'")
 
 
 class SocketLimits:
@@ -110,74 +185,22 @@ class SocketLimits:
         self.total -= 1
 
 
-async def session_socket(
-    websocket: WebSocket, send: Send, session_id: str, after: str | None
-) -> None:
-    """Subscribe to one session: hello, replay after `after`, then live until it closes."""
-    state = websocket.app.state
-    service: BridgeService = state.service
-    limits: SocketLimits = state.sockets
-    try:
-        check_session_id(session_id)
-        start = _parse_after(after)
-        grant: SocketPass | None = state.auth.check_socket(websocket, session_id)
-        client = grant.client if grant is not None else _client(websocket)
-        limits.admit(client)
-    except BridgeError as exc:
-        await _refuse(websocket, exc)
-        return
-    # This frame lives as long as the socket: keep what it holds small.
-    expiry: asyncio.TimerHandle | None = None
-    try:
-        try:
-            info = await service.ensure_session(session_id)
-        except BridgeError as exc:
-            await _refuse(websocket, exc)
-            return
-        await websocket.accept()
-        last_seq = info.last_seq
-        del info
-        settings = service.settings
-        outbox = Outbox(
-            send,  # type: ignore[arg-type]  # an ASGI send takes our websocket.send messages
-            max_frames=settings.subscriber_buffer,
-            max_bytes=settings.subscriber_buffer_bytes,
-        )
-        async with service.hub.subscribe(session_id, outbox, websocket.close) as sub:
-            if grant is not None:
-                # The token let this socket in until its `exp`; no longer.
-                loop = asyncio.get_running_loop()
-                expiry = loop.call_at(
-                    loop.time() + grant.expires_at - time.time(),
-                    service.hub.kick,
-                    sub,
-                    CLOSE_POLICY,
-                    "session token expired",
-                )
-                del grant
-            try:
-                subscribers = await service.presence_changed(session_id, +1)
-                try:
-                    await _hello_and_replay(service, sub, last_seq, start, subscribers)
-                    await _receive(websocket, service, sub)
-                finally:
-                    await service.presence_changed(session_id, -1)
-            except (WebSocketDisconnect, OSError):  # OSError: the raw send's "disconnected"
-                return
-    finally:
-        if expiry is not None:
-            expiry.cancel()
-        limits.release(client)
-
-
 async def _refuse(websocket: WebSocket, exc: BridgeError) -> None:
     """Accept, then close with the error's code and reason: a browser shows neither for
     a handshake refused with an HTTP status."""
     try:
         await websocket.accept()
-        await websocket.close(exc.close_code, close_reason(exc.detail))
     except (WebSocketDisconnect, OSError):
         return  # gone already
+    await _close(websocket, exc)
+
+
+async def _close(websocket: WebSocket, exc: BridgeError) -> None:
+    """Close an accepted socket with the error's code and reason."""
+    try:
+        await websocket.close(exc.close_code, close_reason(exc.detail))
+    except (WebSocketDisconnect, OSError, RuntimeError):  # RuntimeError: closed already
+        return
 
 
 def _parse_after(after: str | None) -> int:
@@ -190,89 +213,3 @@ def _parse_after(after: str | None) -> int:
     if value < 0:
         raise InvalidInput("after must be 0 or more")
     return value
-
-
-async def _hello_and_replay(
-    service: BridgeService, sub: Subscriber, last_seq: int, start: int, subscribers: int
-) -> None:
-    """Send hello and every stored message after `start`, then go live.
-
-    The subscriber joined the hub before this reads storage, so a message stored
-    meanwhile is either read here or held for `go_live`; `seq` drops the overlap.
-    History is read in pages of about `replay_buffer_bytes` (`history_pages`): a socket
-    holds one page at a time, however large the messages. A subscriber kicked meanwhile
-    (held events overflowed, token expired, session deleted) stops here; its close frame
-    is on the way and `_receive` sees the disconnect.
-    """
-    info = await service.storage.session_info(sub.session_id)
-    bound = info.last_seq if info is not None else last_seq
-    epoch = service.epoch(info) if info is not None else ""
-    try:
-        await sub.outbox.send(
-            Event.of(
-                sub.session_id,
-                "hello",
-                session_id=sub.session_id,
-                epoch=epoch,
-                last_seq=bound,
-                template=service.template.model_dump(),
-                subscribers=subscribers,
-            ).asgi
-        )
-        replayed: set[str] = set()
-        if info is not None and start < bound:
-            pages = history_pages(
-                service.storage,
-                info,
-                after=start,
-                budget_bytes=service.settings.replay_buffer_bytes,
-            )
-            del info
-            async for page in pages:
-                for message in page:
-                    await sub.outbox.send(Event.message(message).asgi)
-                    sub.last_seq = message.seq
-                    replayed.add(message.id)
-                del page  # hold one page at a time, not this one while reading the next
-    except OutboxClosed:
-        return
-    service.hub.go_live(sub, replayed)
-
-
-async def _receive(websocket: WebSocket, service: BridgeService, sub: Subscriber) -> None:
-    while True:
-        frame = await websocket.receive()
-        if frame["type"] == "websocket.disconnect":
-            return
-        text = frame.get("text")
-        if text is None:
-            sub.outbox.put(text_message(_error("send JSON text frames, not binary")))
-            continue
-        try:
-            await _handle(text, websocket, service, sub)
-        except BridgeError as exc:
-            sub.outbox.put(text_message(_error(exc.detail)))
-
-
-async def _handle(text: str, websocket: WebSocket, service: BridgeService, sub: Subscriber) -> None:
-    try:
-        data: Any = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"frame is not JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidInput("frame is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise InvalidInput('a frame must be a JSON object with an "event" field')
-    kind = data.pop("event", None)
-    if kind == "ping":
-        sub.outbox.put(text_message(_PONG))
-    elif kind == "message":
-        limiter: RateLimiter = websocket.app.state.rate_limiter
-        limiter.take(_client(websocket))
-        try:
-            message = MessageIn.model_validate(data)
-        except ValidationError as exc:
-            raise InvalidInput(describe_validation_error(exc)) from None
-        await service.post(sub.session_id, message)
-    else:
-        raise InvalidInput(f"unknown event {str(kind)[:40]!r}: send 'message' or 'ping'")

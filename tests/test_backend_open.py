@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bridge.broker import LocalBroker, open_backend, open_broker
+from bridge.broker import LocalBroker, open_backend
 from bridge.broker_redis import RedisBroker
 from bridge.errors import InvalidInput
-from bridge.events import Event
-from bridge.models import Draft
 from bridge.settings import Settings
 from bridge.storage.memory import MemoryStorage
 from bridge.storage.redis import RedisStorage
 from bridge.storage.sqlite import SqliteStorage
-from tests.redis_support import Watched, new_prefix, store_url, wipe
+from tests.redis_support import new_prefix, wipe
 from tests.support import ROOT
 
 
@@ -69,34 +67,3 @@ async def prefix() -> AsyncIterator[str]:
     name = new_prefix("backend")
     yield name
     await wipe(name)
-
-
-@pytest.mark.redis
-async def test_the_transitional_open_broker_opens_and_closes_a_store_of_its_own(
-    prefix: str,
-) -> None:
-    """`open_broker` (until app.py uses `open_backend`): its `start` opens the store it
-    reads gaps from, so presence (which reads the session's last seq) and gap repair
-    work, and its `close` closes that store."""
-    url = store_url(prefix)
-    assert isinstance(open_broker("memory://", Settings()), LocalBroker)
-    broker = open_broker(url, Settings(store=url))
-    writer = open_backend(url, Settings(store=url)).storage
-    await writer.open()
-    got: Watched[Event] = Watched()
-    await broker.start(got.add)
-    try:
-        await writer.append("o", Draft.build("user", "one"), ())
-        assert await broker.presence("o", +1) == 1  # read seq 1 through its own store
-        await writer.append("o", Draft.build("user", "unpublished"), ())
-        third = await writer.append("o", Draft.build("user", "three"), ())
-        await broker.publish(Event.message(third.message))
-        await got.until(lambda events: len(events) >= 2, 10, "seq 2 filled in, then seq 3")
-        assert [(e.seq, e.data["message"]["content"]) for e in got] == [
-            (2, "unpublished"),
-            (3, "three"),
-        ]
-    finally:
-        await broker.close()
-        await writer.close()
-    assert await broker.presence("o", -1) == 0  # after close: no store read, no error

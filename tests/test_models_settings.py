@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bridge.broker import open_backend
 from bridge.chunks import decode_chunks
 from bridge.errors import InvalidInput, PayloadTooLarge
 from bridge.events import Event
 from bridge.jsontext import dumps
 from bridge.models import MessageIn, StoredMessage, Template, check_session_id
 from bridge.settings import DEFAULT_STORE, Settings
-from bridge.storage import open_storage
 from tests.support import bridge_env
 
 
@@ -71,11 +71,11 @@ def test_settings_precedence_and_bounds() -> None:
 
 def test_store_urls() -> None:
     s = Settings()
-    assert open_storage("memory://", s).url == "memory://"
-    assert open_storage("sqlite:///data/x.db", s).url == "sqlite:///data/x.db"
+    assert open_backend("memory://", s).storage.url == "memory://"
+    assert open_backend("sqlite:///data/x.db", s).storage.url == "sqlite:///data/x.db"
     for bad in ("postgres://x", "sqlite://", "nothing"):
         with pytest.raises(InvalidInput, match="store URL"):
-            open_storage(bad, s)
+            open_backend(bad, s)
 
 
 async def _chunks(parts: list[bytes], ndjson: bool, max_line: int = 10_000) -> list[str]:

@@ -1,4 +1,5 @@
-"""Outbox: inline sends while the socket keeps up, a bounded backlog when it does not."""
+"""bridge.outbox: held until released, then inline sends while the socket keeps up, one
+bounded queue when it does not."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import asyncio
 
 import pytest
 
-from bridge.events import text_message as m
+from bridge.events import Event
 from bridge.outbox import Message, Outbox, OutboxClosed
+
+
+def m(text: str) -> Event:
+    """An event whose frame is `text` (an outbox writes frames, it does not read them)."""
+    return Event("s", "test", {}, frame=text)
 
 
 class Socket:
@@ -26,15 +32,22 @@ class Socket:
         self.sent.append(message["text"])
 
 
-async def _drained(outbox: Outbox, sock: Socket, count: int) -> None:
+def live(sock: Socket, max_frames: int = 4, max_bytes: int = 1000) -> Outbox:
+    """An outbox already released (its subscriber's replay is over)."""
+    outbox = Outbox(sock.send, max_frames=max_frames, max_bytes=max_bytes)
+    assert list(outbox.release()) == []
+    return outbox
+
+
+async def _sent(sock: Socket, count: int) -> None:
     async with asyncio.timeout(5):
         while len(sock.sent) < count:
-            await asyncio.sleep(0)  # poll: let the drain task run
+            await asyncio.sleep(0)  # poll: let the writer task run
 
 
 async def test_sends_inline_without_a_task_while_writable() -> None:
     sock = Socket()
-    outbox = Outbox(sock.send, max_frames=4, max_bytes=1000)
+    outbox = live(sock)
     tasks_before = len(asyncio.all_tasks())
     for i in range(100):
         assert outbox.put(m(f"f{i}"))
@@ -43,74 +56,143 @@ async def test_sends_inline_without_a_task_while_writable() -> None:
     assert len(asyncio.all_tasks()) == tasks_before
 
 
-async def test_blocked_send_is_finished_in_order_by_one_drain_task() -> None:
+async def test_held_until_released_while_send_writes_ahead() -> None:
+    """During the replay `send` writes (waiting for the socket) and `put` holds; release
+    hands the held events back in order and the outbox writes inline from then on."""
     sock = Socket()
     outbox = Outbox(sock.send, max_frames=10, max_bytes=1000)
+    assert outbox.held
+    assert outbox.put(m("live-1")) and outbox.put(m("live-2"))
+    await outbox.send(m("hello"))
+    await outbox.send(m("replayed"))
+    assert sock.sent == ["hello", "replayed"] and outbox.queued == 2
+    held = [e.frame for e in outbox.release()]
+    assert held == ["live-1", "live-2"] and not outbox.held and outbox.queued == 0
+    assert outbox.put(m("live-3")) and sock.sent[-1] == "live-3"
+    with pytest.raises(RuntimeError):
+        await outbox.send(m("late"))  # after release, frames go through put, in order
+
+
+async def test_blocked_send_is_finished_in_order_by_one_writer_task() -> None:
+    sock = Socket()
+    outbox = live(sock, max_frames=10)
     sock.writable.clear()
     for frame in ("a", "b", "c"):
         assert outbox.put(m(frame))
-    assert sock.sent == [] and outbox.backlog == 2
+    assert sock.sent == [] and outbox.queued == 2
     sock.writable.set()
-    await _drained(outbox, sock, 3)
+    await _sent(sock, 3)
     assert sock.sent == ["a", "b", "c"] and not outbox.closed
+    async with asyncio.timeout(5):
+        while outbox.queued or len(asyncio.all_tasks()) > 1:
+            await asyncio.sleep(0)  # poll: the writer task ends once the queue is empty
     assert outbox.put(m("d")) and sock.sent[-1] == "d"  # back to inline sends
 
 
-async def test_backlog_overflow_by_frames_and_by_bytes() -> None:
+async def test_a_send_that_yields_bare_and_suspends_twice_is_carried_on() -> None:
+    """The writer carries on the very coroutine whose first step ran inline, whatever it
+    awaits next: a bare yield (`sleep(0)`), then a future, then the end."""
+    steps: list[str] = []
+    gate = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        steps.append("start " + message["text"])
+        await asyncio.sleep(0)
+        steps.append("after yield")
+        await gate.wait()
+        steps.append("written " + message["text"])
+
+    outbox = Outbox(send, max_frames=3, max_bytes=100)
+    outbox.release()
+    assert outbox.put(m("x")) and outbox.put(m("y"))
+    assert steps == ["start x"]
+    gate.set()
+    async with asyncio.timeout(5):
+        while "written y" not in steps:
+            await asyncio.sleep(0)  # poll: let the writer task run
+    assert steps == ["start x", "after yield", "written x", "start y", "after yield", "written y"]
+
+
+async def test_queue_overflow_by_frames_and_by_bytes() -> None:
     for max_frames, max_bytes, frame in ((3, 10_000, "x"), (100, 25, "x" * 10)):
         sock = Socket()
-        outbox = Outbox(sock.send, max_frames=max_frames, max_bytes=max_bytes)
+        outbox = live(sock, max_frames=max_frames, max_bytes=max_bytes)
         sock.writable.clear()
         results = [outbox.put(m(frame)) for _ in range(10)]
         assert False in results
-        assert outbox.overflowed and outbox.closed and outbox.backlog == 0
+        assert outbox.overflowed and outbox.closed and outbox.queued == 0
         assert not outbox.put(m(frame))
         await outbox.aclose()
+
+
+async def test_held_queue_has_the_same_bounds() -> None:
+    outbox = Outbox(Socket().send, max_frames=2, max_bytes=1000)
+    assert outbox.fits(m("a")) and outbox.put(m("a")) and outbox.put(m("b"))
+    assert not outbox.fits(m("c"))
+    assert not outbox.put(m("c"))
+    assert outbox.overflowed and outbox.closed and list(outbox.release()) == []
 
 
 async def test_failed_socket_marks_outbox_closed() -> None:
     sock = Socket()
     sock.fail = True
-    outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
+    outbox = live(sock, max_frames=3, max_bytes=100)
     assert not outbox.put(m("x"))
     assert outbox.closed and not outbox.overflowed
 
 
 async def test_failure_after_suspension_closes_and_aclose_cancels() -> None:
     sock = Socket()
-    outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
+    outbox = live(sock, max_frames=3, max_bytes=100)
     sock.writable.clear()
     assert outbox.put(m("x"))
     sock.fail = True
     sock.writable.set()
     async with asyncio.timeout(5):
         while not outbox.closed:
-            await asyncio.sleep(0)  # poll: let the drain task hit the failure
+            await asyncio.sleep(0)  # poll: let the writer task hit the failure
     sock2 = Socket()
-    stuck = Outbox(sock2.send, max_frames=3, max_bytes=100)
+    stuck = live(sock2, max_frames=3, max_bytes=100)
     sock2.writable.clear()
     assert stuck.put(m("y"))
-    await stuck.aclose()  # cancels the drain task waiting on the blocked send
+    await stuck.aclose()  # cancels the writer task waiting on the blocked send
     assert stuck.closed and sock2.sent == []
 
 
-async def test_send_waits_for_backlog_then_writes() -> None:
-    sock = Socket()
-    outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
-    sock.writable.clear()
-    outbox.put(m("queued"))
-    started = asyncio.Event()
+async def test_closing_ends_a_waiting_write_inside_the_send() -> None:
+    """A write waiting for the socket when the outbox is closed is cancelled inside the
+    send itself, as a task's cancellation would be, so that the server's own cleanup runs
+    (its `finally`); also when the writer task had not begun yet."""
+    seen: list[str] = []
+    gate = asyncio.Event()
 
-    async def direct() -> None:
-        started.set()  # no suspension point until outbox.send suspends
-        await outbox.send(m("direct"))
+    async def send(message: Message) -> None:
+        try:
+            if message["text"] == "yield first":
+                await asyncio.sleep(0)
+                seen.append("waiting")
+            await gate.wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        finally:
+            seen.append("ended " + message["text"])
 
-    waiter = asyncio.create_task(direct())
-    await asyncio.wait_for(started.wait(), 5)
-    assert sock.sent == []  # it must not overtake the queued frame
-    sock.writable.set()
-    await asyncio.wait_for(waiter, 5)
-    assert sock.sent == ["queued", "direct"]
+    early = Outbox(send, max_frames=3, max_bytes=100)
+    early.release()
+    assert early.put(m("x"))
+    await early.aclose()  # before its writer task ever ran
+    assert seen == ["ended x"]
+
+    seen.clear()
+    later = Outbox(send, max_frames=3, max_bytes=100)
+    later.release()
+    assert later.put(m("yield first"))
+    async with asyncio.timeout(5):
+        while "waiting" not in seen:
+            await asyncio.sleep(0)  # poll: let the writer task carry the send on
+    await later.aclose()
+    assert seen == ["waiting", "cancelled", "ended yield first"]
 
 
 async def test_send_refuses_once_closed() -> None:
@@ -119,7 +201,7 @@ async def test_send_refuses_once_closed() -> None:
     sock = Socket()
     outbox = Outbox(sock.send, max_frames=3, max_bytes=100)
     await outbox.send(m("before"))
-    outbox.closed = True
+    outbox.stop()
     with pytest.raises(OutboxClosed):
         await outbox.send(m("after"))
     assert sock.sent == ["before"]
