@@ -238,7 +238,7 @@ async def test_a_released_message_goes_to_a_new_listen_too() -> None:
 
     async with asyncio.timeout(5):
         while not await listen_once():
-            await asyncio.sleep(0)  # the release is one store call away
+            await asyncio.sleep(0)  # poll, bounded above: the release is one store call away
     assert got[-1] is not None and got[-1].message.content == "precious"
 
 
