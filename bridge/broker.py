@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from bridge.errors import InvalidInput
@@ -112,13 +112,7 @@ def open_backend(url: str, settings: Settings) -> Backend:
     if scheme == "memory":
         from bridge.storage.memory import MemoryStorage
 
-        memory = MemoryStorage(
-            history_limit=settings.history_limit,
-            listen_backlog_per_session=settings.listen_backlog_per_session,
-            sessions_max=settings.sessions_max,
-            listen_lease_s=settings.listen_lease_s,
-            listen_attempts_max=settings.listen_attempts_max,
-        )
+        memory = MemoryStorage(**_limits(settings))
         return Backend(memory, LocalBroker())
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
@@ -129,11 +123,7 @@ def open_backend(url: str, settings: Settings) -> Backend:
 
         sqlite = SqliteStorage(
             Path(url[len("sqlite:///") :]),
-            history_limit=settings.history_limit,
-            listen_backlog_per_session=settings.listen_backlog_per_session,
-            sessions_max=settings.sessions_max,
-            listen_lease_s=settings.listen_lease_s,
-            listen_attempts_max=settings.listen_attempts_max,
+            **_limits(settings),
             synchronous=settings.sqlite_synchronous,
             batch_max=settings.commit_batch_max,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
@@ -146,3 +136,14 @@ def open_backend(url: str, settings: Settings) -> Backend:
         shared = RedisStorage(url, settings)
         return Backend(shared, RedisBroker(url, shared))
     raise InvalidInput(f"unknown store URL {url!r}: use memory://, sqlite:///path.db or redis://")
+
+
+def _limits(settings: Settings) -> dict[str, Any]:
+    """The bounds every store takes from the settings (the Redis store reads them itself)."""
+    return {
+        "history_limit": settings.history_limit,
+        "listen_backlog_per_session": settings.listen_backlog_per_session,
+        "sessions_max": settings.sessions_max,
+        "listen_lease_s": settings.listen_lease_s,
+        "listen_attempts_max": settings.listen_attempts_max,
+    }

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 from bridge.server import BridgeServer, build_server
 from bridge.settings import Settings
-from tests.support import wait_until
+from tests.support import OnLoopback, wait_until
 
 
 @dataclass
-class InProcessBridge:
+class InProcessBridge(OnLoopback):
     """A bridge server running in a thread of this process; `url` and `ws_url` as
     `RunningBridge` has them."""
 
@@ -30,14 +30,6 @@ class InProcessBridge:
     server: BridgeServer | None = None
     _thread: threading.Thread | None = None
     _sock: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> InProcessBridge:
         """Bind a free port, serve on it in a new thread, return once the app started."""

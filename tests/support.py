@@ -45,16 +45,10 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
             proc.wait(timeout=10)
 
 
-@dataclass
-class RunningBridge:
-    """A real `python -m bridge serve` process on a free port."""
+class OnLoopback:
+    """The URLs of a bridge listening on 127.0.0.1 at `self.port`."""
 
     port: int
-    store: str
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -63,6 +57,18 @@ class RunningBridge:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+
+@dataclass
+class RunningBridge(OnLoopback):
+    """A real `python -m bridge serve` process on a free port."""
+
+    port: int
+    store: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 20.0) -> RunningBridge:
         cmd = [
