@@ -111,8 +111,12 @@ def peer_connections(bridge: RunningBridge, ports: set[int]) -> int:
 
 
 def subscribers(bridge: RunningBridge, session: str) -> int:
-    """`subscribers` of `GET /api/v1/sessions/{session}`."""
-    return int(httpx.get(f"{bridge.url}/api/v1/sessions/{session}").json()["subscribers"])
+    """`subscribers` of `GET /api/v1/sessions/{session}`; 0 while the session does not
+    exist yet (a socket's handshake may still be creating it)."""
+    answer = httpx.get(f"{bridge.url}/api/v1/sessions/{session}")
+    if answer.status_code == 404:
+        return 0
+    return int(answer.json()["subscribers"])
 
 
 async def _post_history(bridge: RunningBridge, session: str, count: int, size: int) -> None:
