@@ -88,13 +88,15 @@ class MessageIn(BaseModel):
 
 @value
 class Draft:
-    """A validated message not yet stored; `key` makes its publication idempotent."""
+    """A validated message not yet stored; `key` makes its publication idempotent, and
+    `stopped` marks a reply ended early by the user's Stop."""
 
     role: str
     content: str
     type: str = "text"
     id: str = ""
     key: str | None = None
+    stopped: bool = False
 
     @classmethod
     def build(
@@ -104,9 +106,11 @@ class Draft:
         type: str = "text",
         id: str | None = None,
         key: str | None = None,
+        *,
+        stopped: bool = False,
     ) -> Draft:
         """A draft with a fresh id unless one is given; the key defaults to a given id."""
-        return cls(role, content, type, id or uuid.uuid4().hex, key or id)
+        return cls(role, content, type, id or uuid.uuid4().hex, key or id, stopped)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,15 @@ from pydantic import BaseModel, create_model
 
 from bridge.wire import Listened, StoredMessage
 
-__all__ = ["ERRORS", "ErrorBody", "ListenAnswer", "MessageOut", "SessionOut", "TokenOut"]
+__all__ = [
+    "ERRORS",
+    "ErrorBody",
+    "ListenAnswer",
+    "MessageOut",
+    "SessionOut",
+    "StopOut",
+    "TokenOut",
+]
 
 
 class ErrorBody(BaseModel):
@@ -33,7 +41,9 @@ def _listen_answer() -> type[BaseModel]:
     fields but `message` (`attempt` as declared there, `history` as a list of messages)."""
     message = get_type_hints(StoredMessage)
     fields: dict[str, Any] = {
-        f.name: (message[f.name], ...) for f in dataclasses.fields(StoredMessage) if f.init
+        f.name: (message[f.name], ... if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(StoredMessage)
+        if f.init
     }
     own = get_type_hints(Listened)
     for f in dataclasses.fields(Listened):
@@ -69,6 +79,13 @@ class TokenOut(BaseModel):
     token: str
     session_id: str
     expires_at: int
+
+
+class StopOut(BaseModel):
+    """`POST /api/v1/sessions/{id}/stop`: the stop is on its way to every instance."""
+
+    session_id: str
+    stopping: bool
 
 
 def _error(description: str) -> dict[str, Any]:

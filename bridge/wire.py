@@ -149,6 +149,8 @@ class StoredMessage:
     content: str
     type: str
     created_at: float
+    stopped: bool = False
+    """A reply ended early by the user's Stop; sent as `"stopped": true` only when true."""
     _json: Annotated[str, Field(exclude=True), SkipJsonSchema()] = field(
         default="", init=False, repr=False, compare=False
     )
@@ -156,7 +158,16 @@ class StoredMessage:
     @classmethod
     def from_draft(cls, session_id: str, seq: int, draft: Draft) -> StoredMessage:
         """The stored form of `draft` as message number `seq` of `session_id`."""
-        return cls(draft.id, session_id, seq, draft.role, draft.content, draft.type, time.time())
+        return cls(
+            draft.id,
+            session_id,
+            seq,
+            draft.role,
+            draft.content,
+            draft.type,
+            time.time(),
+            draft.stopped,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoredMessage:
@@ -170,11 +181,13 @@ class StoredMessage:
             str(data.get("content", "")),
             str(data.get("type") or "text"),
             float(data.get("created_at") or 0.0),
+            data.get("stopped") is True,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object clients receive."""
-        return {
+        """The JSON object clients receive; `"stopped": true` only on a stopped reply (no
+        key otherwise, so that the frames of every other message stay as they were)."""
+        data: dict[str, Any] = {
             "id": self.id,
             "session_id": self.session_id,
             "seq": self.seq,
@@ -183,6 +196,9 @@ class StoredMessage:
             "type": self.type,
             "created_at": self.created_at,
         }
+        if self.stopped:
+            data["stopped"] = True
+        return data
 
     def to_json(self) -> str:
         """`to_dict()` as JSON text, encoded once however often it is sent."""

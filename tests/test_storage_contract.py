@@ -548,3 +548,279 @@ async def test_leases_survive_a_reopen(kind: str, tmp_path: Path) -> None:
         await store.append("q", _draft("answered", role="ai"), WELCOME)
         assert await _at(store, T0 + 100) == ("asked", 2)
         assert await _at(store, T0 + 101) is None
+
+
+# -- exclusive claims (one claim in flight per session), ack and renew ------------------
+
+
+async def _ex(store: Storage, now: float, session_id: str | None = None) -> tuple[str, int] | None:
+    """(content, attempt) of what an exclusive claim at store time `now` hands out."""
+    claimed = (await store.claim_listen(session_id, now, exclusive=True)).claimed
+    return None if claimed is None else (claimed.message.content, claimed.attempt)
+
+
+async def test_exclusive_claims_hand_out_one_message_per_session_at_a_time(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        for session, content in (("A", "A1"), ("A", "A2"), ("B", "B1")):
+            await store.append(session, _draft(content), WELCOME)
+        assert await _ex(store, T0) == ("A1", 1)
+        assert await _ex(store, T0 + 1) == ("B1", 1)  # A is busy: passed over
+        assert await _ex(store, T0 + 2) is None  # A busy, B empty (and busy)
+        assert await _ex(store, T0 + 2, "A") is None  # so is a claim of A itself
+        await store.append("A", _draft("answer to A1", role="ai"), WELCOME)  # acknowledges
+        assert await _ex(store, T0 + 3) == ("A2", 1)
+        assert await _ex(store, T0 + 4) is None
+
+
+async def test_a_non_exclusive_claim_ignores_busy_sessions(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        for content in ("A1", "A2"):
+            await store.append("A", _draft(content), WELCOME)
+        assert await _ex(store, T0) == ("A1", 1)
+        assert await _ex(store, T0 + 1) is None
+        assert await _at(store, T0 + 1) == ("A2", 1)  # exactly as before `exclusive`
+
+
+async def test_an_exclusive_claim_takes_a_run_out_lease_before_the_backlog(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        for content in ("A1", "A2"):
+            await store.append("A", _draft(content), WELCOME)
+        await store.append("B", _draft("B1"), WELCOME)
+        assert await _ex(store, T0, "A") == ("A1", 1)
+        assert await _ex(store, T0 + 9.9, "A") is None  # leased till T0 + 10: busy
+        assert await _ex(store, T0 + 10) == ("A1", 2)  # ran out: before A2 and B1
+        assert await _ex(store, T0 + 11) == ("B1", 1)
+        assert await _ex(store, T0 + 12) is None
+        assert await _ex(store, T0 + 20, "A") == ("A1", 3)  # and for a claim of A alone
+
+
+async def test_a_busy_session_is_passed_over_whole_but_its_used_up_leases_are_dropped(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10, listen_attempts_max=2) as store:
+        seqs = [(await store.append("A", _draft(f"A{i}"), WELCOME)).message.seq for i in (1, 2)]
+        await store.append("A", _draft("A3"), WELCOME)
+        await store.append("B", _draft("B1"), WELCOME)
+        assert await _at(store, T0, "A") == ("A1", 1)  # non-exclusive: two leases of A
+        assert await _at(store, T0 + 10, "A") == ("A1", 2)  # its last attempt, till T0 + 20
+        assert await _at(store, T0 + 15, "A") == ("A2", 1)  # till T0 + 25
+        # At T0 + 21 A1's lease ran out with no attempt left, A2's still runs: A is busy.
+        outcome = await store.claim_listen(None, T0 + 21, exclusive=True)
+        assert outcome.dropped == (DroppedLease("A", seqs[0], 2),)  # reported all the same
+        claimed = outcome.claimed
+        assert claimed is not None and claimed.message.content == "B1"  # not A2, not A3
+        assert await _ex(store, T0 + 22) is None
+        assert await _at(store, T0 + 25) == ("A2", 2)  # a plain claim takes A's run-out lease
+
+
+async def test_exclusive_claims_pass_over_many_entries_of_busy_sessions(
+    kind: str, tmp_path: Path
+) -> None:
+    # More than a batch of the Redis script (64) of run-out leases and of backlog entries.
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        busy = [f"s{i}" for i in range(70)]
+        for session in busy:
+            for content in ("old", "new"):
+                await store.append(session, _draft(f"{session} {content}"), WELCOME)
+        for session in busy:
+            assert await _at(store, T0, session) == (f"{session} old", 1)
+        await store.append("free", _draft("free 1"), WELCOME)
+        assert await _at(store, T0 + 5, "free") == ("free 1", 1)  # runs out at T0 + 15
+        for session in busy:  # each s* holds leases till T0 + 10 (old) and T0 + 19 (new)
+            assert await _at(store, T0 + 9, session) == (f"{session} new", 1)
+        for i in range(80):
+            await store.append(busy[0], _draft(f"more {i}"), WELCOME)
+        await store.append("free", _draft("free 2"), WELCOME)
+        assert await _ex(store, T0 + 16) == ("free 1", 2)  # after 70 run-out leases of s*
+        await store.append("free", _draft("free answered", role="ai"), WELCOME)
+        assert await _ex(store, T0 + 17) == ("free 2", 1)  # after 80 entries of s0
+        assert await _ex(store, T0 + 18) is None
+        assert await _ex(store, T0 + 19) == ("s0 old", 2)  # every s* is free again
+
+
+async def test_concurrent_exclusive_claims_take_one_message_per_session(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        for i in range(3):
+            for session in ("a", "b", "c"):
+                await store.append(session, _draft(f"{session}{i}"), WELCOME)
+        # Queued together (one SQLite group, one script each in Redis): still one each.
+        got = await asyncio.gather(*(_ex(store, T0) for _ in range(10)))
+        assert sorted(g for g in got if g is not None) == [("a0", 1), ("b0", 1), ("c0", 1)]
+
+
+async def test_an_exclusive_claim_drops_backlog_entries_trimmed_from_history(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, history_limit=5, listen_lease_s=10) as store:
+        for i in range(20):
+            await store.append("t", _draft(f"m{i}"), WELCOME)
+        kept = await store.history("t")
+        assert len(kept) < 20
+        claimed = (await store.claim_listen(None, T0, exclusive=True)).claimed
+        assert claimed == Claimed(kept[0], 1)  # the oldest still in history
+        await store.append("t", _draft("answer", role="ai"), WELCOME)
+        assert await _ex(store, T0 + 1, "t") == (kept[1].content, 1)
+
+
+async def test_with_leases_off_an_exclusive_claim_is_a_plain_one(kind: str, tmp_path: Path) -> None:
+    # No leases exist, so no session is ever busy: claims go on in backlog order.
+    async with opened(kind, tmp_path, listen_lease_s=0) as store:
+        for session, content in (("A", "A1"), ("A", "A2"), ("B", "B1")):
+            await store.append(session, _draft(content), WELCOME)
+        assert await _ex(store, T0) == ("A1", 1)
+        assert await _ex(store, T0, "A") == ("A2", 1)
+        assert await _ex(store, T0) == ("B1", 1)
+        assert await _ex(store, T0 + 10**6) is None
+
+
+async def test_an_ack_settles_a_claim_without_an_answer(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        for content in ("A1", "A2"):
+            await store.append("A", _draft(content), WELCOME)
+        first = (await store.claim_listen(None, T0, exclusive=True)).claimed
+        assert first is not None and first.message.content == "A1"
+        await store.ack_listen(first)
+        await store.ack_listen(first)  # the lease is gone: nothing happens
+        assert await _ex(store, T0 + 1) == ("A2", 1)  # A is no longer busy
+        assert await _ex(store, T0 + 11) == ("A2", 2)  # A1 is never offered again
+        assert await _ex(store, T0 + 21, "A") == ("A2", 3)
+        assert await _ex(store, T0 + 1000) is None
+        assert [m.content for m in await store.history("A")] == ["welcome", "A1", "A2"]
+
+
+async def test_an_ack_of_an_attempt_claimed_again_since_does_nothing(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        await store.append("A", _draft("A1"), WELCOME)
+        await store.append("A", _draft("A2"), WELCOME)
+        first = (await store.claim_listen("A", T0, exclusive=True)).claimed
+        second = (await store.claim_listen("A", T0 + 10, exclusive=True)).claimed
+        assert first is not None and second == Claimed(first.message, 2)
+        await store.ack_listen(first)  # stale: the lease is on the second attempt
+        assert await _ex(store, T0 + 15) is None  # still busy with the second
+        await store.ack_listen(second)
+        assert await _ex(store, T0 + 16) == ("A2", 1)
+
+
+async def test_an_ack_leaves_released_answered_and_other_sessions_messages_alone(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        await store.append("r", _draft("released"), WELCOME)
+        released = (await store.claim_listen("r", T0)).claimed
+        assert released is not None
+        await store.release_listen(released)
+        await store.ack_listen(released)  # no lease: it stays in the backlog
+        assert await _at(store, T0 + 1) == ("released", 1)
+        await store.append("r", _draft("answer", role="ai"), WELCOME)
+        await store.ack_listen(released)  # answered already: nothing to do
+        # A session deleted and made anew: the same seq and attempt, another message.
+        await store.append("d", _draft("old"), WELCOME)
+        old = (await store.claim_listen("d", T0 + 2)).claimed
+        assert old is not None
+        assert await store.delete_session("d")
+        await store.ack_listen(old)  # deleted: nothing happens
+        await store.append("d", _draft("new"), WELCOME)
+        new = (await store.claim_listen("d", T0 + 3)).claimed
+        assert new is not None and (new.message.seq, new.attempt) == (old.message.seq, 1)
+        await store.ack_listen(old)
+        assert not await store.renew_listen(old, T0 + 4)
+        assert await _ex(store, T0 + 4, "d") is None  # the new lease still holds d
+        assert await _at(store, T0 + 13) == ("new", 2)
+
+
+async def test_an_ack_with_leases_off_does_nothing(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=0) as store:
+        await store.append("s", _draft("once"), WELCOME)
+        claimed = (await store.claim_listen("s", T0, exclusive=True)).claimed
+        assert claimed is not None
+        await store.ack_listen(claimed)
+        assert not await store.renew_listen(claimed, T0)  # there is no lease to renew
+        assert await _ex(store, T0 + 10**6) is None
+
+
+async def test_a_renewal_moves_the_deadline_while_the_lease_is_held(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        await store.append("A", _draft("A1"), WELCOME)
+        await store.append("B", _draft("B1"), WELCOME)
+        first = (await store.claim_listen("A", T0, exclusive=True)).claimed
+        assert first is not None
+        assert await _ex(store, T0 + 1, "B") == ("B1", 1)  # runs out at T0 + 11
+        assert await store.renew_listen(first, T0 + 8)  # now till T0 + 18
+        assert await _ex(store, T0 + 12) == ("B1", 2)  # B's ran out first, A's runs
+        assert await _ex(store, T0 + 17.9, "A") is None
+        assert await store.renew_listen(first, T0 + 25)  # ran out, but nobody took it
+        assert await _ex(store, T0 + 34, "A") is None
+        assert await _ex(store, T0 + 35, "A") == ("A1", 2)
+        assert not await store.renew_listen(first, T0 + 36)  # claimed again since
+
+
+async def test_a_lease_gone_cannot_be_renewed(kind: str, tmp_path: Path) -> None:
+    async with opened(kind, tmp_path, listen_lease_s=10) as store:
+        for content in ("a", "b", "c"):
+            await store.append("s", _draft(content), WELCOME)
+        answered = (await store.claim_listen("s", T0)).claimed
+        assert answered is not None
+        await store.append("s", _draft("answer", role="ai"), WELCOME)
+        assert not await store.renew_listen(answered, T0 + 1)
+        acked = (await store.claim_listen("s", T0 + 1)).claimed
+        assert acked is not None
+        await store.ack_listen(acked)
+        assert not await store.renew_listen(acked, T0 + 2)
+        released = (await store.claim_listen("s", T0 + 2)).claimed
+        assert released is not None
+        await store.release_listen(released)
+        assert not await store.renew_listen(released, T0 + 3)
+        deleted = (await store.claim_listen("s", T0 + 3)).claimed
+        assert deleted == released
+        assert await store.delete_session("s")
+        assert not await store.renew_listen(deleted, T0 + 4)
+
+
+# -- stopped replies ------------------------------------------------------------------------
+
+
+async def test_a_stopped_reply_is_stored_and_sent_marked_as_stopped(
+    kind: str, tmp_path: Path
+) -> None:
+    async with opened(kind, tmp_path) as store:
+        await store.append("s", _draft("question"), WELCOME)
+        stopped = Draft.build("ai", "half an answ", key="k-stop", stopped=True)
+        posted = await store.append("s", stopped, WELCOME)
+        assert posted.message.stopped and posted.stored == (posted.message,)
+        assert posted.message.to_dict()["stopped"] is True
+        again = await store.append("s", stopped, WELCOME)  # a duplicate reads it back
+        assert again.duplicate and again.message == posted.message
+        await store.append("s", _draft("go on"), WELCOME)
+        history = await store.history("s")
+        assert [m.stopped for m in history] == [False, False, True, False]
+        assert history[2] == posted.message
+        assert "stopped" not in history[1].to_dict() and "stopped" not in history[3].to_dict()
+        assert history[2].to_dict()["stopped"] is True
+        assert await store.history("s", max_bytes=10**6) == history
+        last_ai = await store.last_message("s", "ai")
+        assert last_ai is not None and last_ai.stopped and last_ai.content == "half an answ"
+        last = await store.last_message("s", None)
+        assert last is not None and not last.stopped
+        created = await store.create_session("new", (Draft("ai", "cut", "text", "w", None, True),))
+        assert created is not None and created[0].stopped
+        assert [m.stopped for m in await store.history("new")] == [True]
+
+
+async def test_a_stopped_reply_survives_a_reopen(kind: str, tmp_path: Path) -> None:
+    if kind == "memory":
+        pytest.skip("memory:// keeps nothing across a reopen by design")
+    async with opened(kind, tmp_path, keep=True) as store:
+        await store.append("p", Draft.build("ai", "cut short", stopped=True), WELCOME)
+        await store.append("p", _draft("plain", role="ai"), WELCOME)
+    async with opened(kind, tmp_path) as store:
+        assert [m.stopped for m in await store.history("p")] == [False, True, False]

@@ -353,3 +353,41 @@ async def test_a_backlog_of_the_earlier_layout_gains_its_attempts_column(tmp_pat
         assert (await store.claim_listen("s", T0 + 10)).claimed == Claimed(first.message, 2)
     finally:
         await store.close()
+
+
+async def test_messages_of_the_earlier_layout_gain_the_stopped_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        """
+        CREATE TABLE messages (
+            session_id TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
+            role TEXT NOT NULL, content TEXT NOT NULL, type TEXT NOT NULL,
+            created_at REAL NOT NULL, key TEXT, PRIMARY KEY (session_id, seq)) WITHOUT ROWID;
+        CREATE TABLE sessions (
+            ord INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL);
+        INSERT INTO sessions (id, created_at) VALUES ('s', 1.0);
+        INSERT INTO messages VALUES ('s', 1, 'welcome', 'ai', 'hi', 'text', 1.0, 'welcome');
+        INSERT INTO messages VALUES ('s', 2, 'm2', 'ai', 'old', 'text', 2.0, NULL);
+        """
+    )
+    old.close()
+    store = await _open(path)
+    try:
+        history = await store.history("s")
+        assert [(m.content, m.stopped) for m in history] == [("hi", False), ("old", False)]
+        assert "stopped" not in history[1].to_dict()
+        cut = await store.append("s", Draft.build("ai", "cut short", stopped=True), WELCOME)
+        assert cut.message.seq == 3 and cut.message.stopped
+    finally:
+        await store.close()
+    reopened = await _open(path)
+    try:
+        last = await reopened.last_message("s", "ai")
+        assert last == cut.message and last.stopped is True  # a bool, not SQLite's 1
+        assert [m.stopped for m in await reopened.history("s", max_bytes=2)] == [False]
+        page = await reopened.history("s", after=2, max_bytes=10**6)
+        assert page == [cut.message] and page[0].to_dict()["stopped"] is True
+    finally:
+        await reopened.close()

@@ -64,6 +64,24 @@ def test_shapes_read_back_what_they_write() -> None:
     assert Template.from_dict(template.to_dict()) == template
 
 
+def test_only_a_stopped_reply_says_so_and_it_reads_back() -> None:
+    assert "stopped" not in MESSAGE.to_dict()  # every other frame as it always was
+    assert MESSAGE.to_json() == (
+        '{"id":"m-1","session_id":"s","seq":2,"role":"user","content":"hé","type":"text",'
+        '"created_at":1.5}'
+    )
+    stopped = StoredMessage("m-2", "s", 3, "ai", "half an ans", "text", 2.5, True)
+    assert stopped.to_dict()["stopped"] is True
+    assert StoredMessage.from_dict(json.loads(stopped.to_json())) == stopped
+    assert StoredMessage.from_dict(MESSAGE.to_dict()).stopped is False
+    draft = bridge.models.Draft("ai", "half", "text", "d-1", "k")  # positional as before
+    assert not draft.stopped and bridge.models.Draft.build("ai", "x", stopped=True).stopped
+    as_stored = StoredMessage.from_draft("s", 4, bridge.models.Draft("ai", "x", stopped=True))
+    assert as_stored.stopped and as_stored.seq == 4
+    listened = Listened.from_dict(json.loads(json.dumps(Listened(MESSAGE, (stopped,)).to_dict())))
+    assert tuple(listened.history) == (stopped,)
+
+
 def test_clients_read_the_bridges_json_leniently() -> None:
     # Unknown fields (a newer bridge) are ignored; missing ones take empty values.
     assert StoredMessage.from_dict({"seq": "3", "role": "ai", "new": 1}).seq == 3
@@ -82,9 +100,12 @@ def _openapi_schema(spec: dict[str, Any], path: str, method: str) -> dict[str, A
 def test_openapi_describes_exactly_what_the_shapes_write() -> None:
     spec = create_app(Settings(store="memory://")).openapi()
     post = _openapi_schema(spec, "/api/v1/sessions/{session_id}/messages", "post")
-    assert set(post["properties"]) == set(post["required"]) == set(MESSAGE.to_dict())
+    # `stopped` is sent only when true: described, never required.
+    assert set(post["properties"]) == set(MESSAGE.to_dict()) | {"stopped"}
+    assert set(post["required"]) == set(MESSAGE.to_dict())
+    assert post["properties"]["stopped"]["type"] == "boolean"
     listen = _openapi_schema(spec, "/api/v1/listen/message", "get")
-    assert set(listen["properties"]) == set(Listened(MESSAGE).to_dict())
+    assert set(listen["properties"]) == set(Listened(MESSAGE).to_dict()) | {"stopped"}
     assert set(listen["required"]) == set(MESSAGE.to_dict()) | {"history"}
     chats = _openapi_schema(spec, "/api/v1/chats", "get")
     assert set(chats["properties"]) == set(Template().to_dict())

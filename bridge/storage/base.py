@@ -14,6 +14,10 @@ message in the session acknowledges (drops) every lease of that session; a lease
 deadline passed is claimed again, before the backlog, until `listen_attempts_max` claims
 were made, after which it is dropped and reported (`ListenClaim.dropped`). Deadlines are
 wall-clock times read by the caller (`time.time()` unless a test passes `now`).
+A consumer that runs each message itself (the runner) claims with `exclusive=True`, so that
+a session has one claim in flight at a time, renews the lease while it works
+(`renew_listen`) and, if the run fails, settles the message without an answer
+(`ack_listen`).
 Each backend passes the one contract suite in `tests/test_storage_contract.py`.
 """
 
@@ -211,7 +215,9 @@ class Storage(Protocol):
         """Store the chat template durably."""
         ...
 
-    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+    async def claim_listen(
+        self, session_id: str | None, now: float | None = None, *, exclusive: bool = False
+    ) -> ListenClaim:
         """Take one message for a Listen call (of one session, or of any), atomically, so
         that each claim of a message goes to exactly one call.
 
@@ -220,7 +226,18 @@ class Storage(Protocol):
         (attempt + 1); one that used up its attempts is dropped and reported instead.
         Then the oldest `user` message no Listen call has taken yet. A claim leases its
         message until `now + listen_lease_s` unless leases are off (0); a session holding
-        `listen_backlog_per_session` leases drops its oldest for the new one."""
+        `listen_backlog_per_session` leases drops its oldest for the new one.
+
+        `exclusive`: one claim in flight per session. A session holding a lease whose
+        deadline is after `now` is busy and passed over whole: neither its run-out leases
+        nor its backlog are handed out, and the claim takes the next message of a session
+        that is not busy, in the same order (run-out leases longest ago first, then the
+        backlog oldest first). Leases that used up their attempts are still dropped and
+        reported, busy session or not. The check and the claim are one atomic step, so
+        consumers in any number of processes that all claim exclusively run each
+        session's messages one at a time, in order. The scan passes over the entries of
+        busy sessions (Redis reads them in batches). With leases off there are no leases,
+        so no session is ever busy: an exclusive claim is a plain one."""
         ...
 
     async def release_listen(self, claimed: Claimed) -> None:
@@ -231,6 +248,24 @@ class Storage(Protocol):
         history (trimmed, deleted, reset), is already back in the backlog, or was claimed
         again since (its lease is on a later attempt). A release never evicts another
         message."""
+        ...
+
+    async def ack_listen(self, claimed: Claimed) -> None:
+        """Settle a claimed message answered without an `ai` message (its run failed and
+        the error was shown): its lease is dropped, and it neither returns to the backlog
+        nor is handed out again. Other leases of its session stay (an `ai` message drops
+        them all). Nothing happens if the lease is gone (acknowledged, dropped, its session
+        deleted or reset), was claimed again since (its lease is on a later attempt), or
+        its seq now holds another message (a session deleted and made anew)."""
+        ...
+
+    async def renew_listen(self, claimed: Claimed, now: float | None = None) -> bool:
+        """Extend the lease of a claimed message still being worked on: if its lease is
+        still held at this attempt, its deadline becomes `now + listen_lease_s` (`now` is
+        `time.time()` if None) and this returns True, even if the deadline had passed, as
+        long as no claim took the message again. False, changing nothing, if the lease is
+        gone (acknowledged, dropped, session deleted or reset), on a later attempt, or of
+        another message (see `ack_listen`); always False with leases off."""
         ...
 
     async def token_secret(self) -> bytes:

@@ -7,7 +7,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.models import Draft, SessionInfo, StoredMessage, Template
@@ -236,11 +236,16 @@ class MemoryStorage:
     async def save_template(self, template: Template) -> None:
         self._template = template
 
-    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+    async def claim_listen(
+        self, session_id: str | None, now: float | None = None, *, exclusive: bool = False
+    ) -> ListenClaim:
         when = time.time() if now is None else now
         dropped: list[DroppedLease] = []
+        # Exclusive: session id -> whether it holds a running lease (None: not exclusive).
+        # Without leases no session is ever busy, and exclusive claims are plain ones.
+        busy: dict[str, bool] | None = {} if exclusive and self._lease_s > 0 else None
         if self._lease_s > 0:
-            while (lease := self._expired(session_id, when)) is not None:
+            while (lease := self._expired(session_id, when, busy)) is not None:
                 message = lease.message
                 session = self._sessions[message.session_id]
                 self._unlease(session, message)
@@ -249,6 +254,8 @@ class MemoryStorage:
                 elif session.kept(message.seq) is message:  # else trimmed: gone for Listen
                     claimed = self._lease(session, message, lease.attempts + 1, when, dropped)
                     return ListenClaim(claimed, tuple(dropped))
+        if busy is not None:
+            return self._claim_free(session_id, when, busy, dropped)
         while True:
             if session_id is None:
                 if not self._listen:
@@ -269,14 +276,76 @@ class MemoryStorage:
                 claimed = self._lease(session, message, before + 1, when, dropped)
                 return ListenClaim(claimed, tuple(dropped))
 
-    def _expired(self, session_id: str | None, now: float) -> _Lease | None:
-        """The lease (of the session, or of any) that ran out longest ago, if any."""
+    def _claim_free(
+        self,
+        session_id: str | None,
+        now: float,
+        busy: dict[str, bool],
+        dropped: list[DroppedLease],
+    ) -> ListenClaim:
+        """An exclusive claim from the backlog: its oldest entry of a session that holds
+        no running lease. Entries of busy sessions are passed over and stay."""
         if session_id is None:
-            lease = next(iter(self._leases.values()), None)
+            entries: Iterable[tuple[str, int]] = self._listen
         else:
             session = self._sessions.get(session_id)
-            lease = next(iter(session.leases.values()), None) if session else None
-        return lease if lease is not None and lease.deadline <= now else None
+            if session is None or self._busy(session_id, now, busy):
+                return ListenClaim(None, tuple(dropped))
+            entries = ((session_id, seq) for seq in session.listen)
+        found: tuple[str, int] | None = None
+        stale: list[tuple[str, int]] = []  # entries whose message was trimmed since
+        for entry in entries:
+            if self._busy(entry[0], now, busy):
+                continue
+            owner_session = self._sessions[entry[0]]
+            if owner_session.kept(entry[1]) is self._listen[entry]:
+                found = entry
+                break
+            stale.append(entry)
+        for entry in [*stale, *([found] if found else [])]:
+            owner_session = self._sessions[entry[0]]
+            # The oldest entry of its session: the scan passed over busy sessions whole,
+            # and each session's `listen` is in the same order as `_listen`.
+            owner_session.listen.popleft()
+            message = self._listen.pop(entry)
+            before = owner_session.tries.pop(entry[1], 0)
+            if entry == found:
+                claimed = self._lease(owner_session, message, before + 1, now, dropped)
+                return ListenClaim(claimed, tuple(dropped))
+        return ListenClaim(None, tuple(dropped))
+
+    def _busy(self, session_id: str, now: float, busy: dict[str, bool]) -> bool:
+        """Whether the session holds a lease whose deadline is after `now` (cached in
+        `busy` for one claim: nothing a claim does before it hands out changes that)."""
+        known = busy.get(session_id)
+        if known is None:
+            session = self._sessions.get(session_id)
+            known = busy[session_id] = session is not None and any(
+                lease.deadline > now for lease in session.leases.values()
+            )
+        return known
+
+    def _expired(
+        self, session_id: str | None, now: float, busy: dict[str, bool] | None
+    ) -> _Lease | None:
+        """The lease (of the session, or of any) that ran out longest ago, if any; with
+        `busy` (an exclusive claim), passing over those of busy sessions unless their
+        attempts are used up (those are dropped whatever the session does)."""
+        if session_id is None:
+            leases: Iterable[_Lease] = self._leases.values()
+        else:
+            session = self._sessions.get(session_id)
+            leases = session.leases.values() if session else ()
+        for lease in leases:
+            if lease.deadline > now:
+                return None
+            if (
+                busy is None
+                or lease.attempts >= self._attempts_max
+                or not self._busy(lease.message.session_id, now, busy)
+            ):
+                return lease
+        return None
 
     def _lease(
         self,
@@ -323,6 +392,34 @@ class MemoryStorage:
         self._listen[entry] = kept
         self._listen.move_to_end(entry, last=False)
         session.listen.appendleft(message.seq)
+
+    def _held(self, claimed: Claimed) -> tuple[_Session, _Lease] | None:
+        """The session and lease of `claimed` if its lease is still on this attempt."""
+        message = claimed.message
+        session = self._sessions.get(message.session_id)
+        lease = session.leases.get(message.seq) if session else None
+        if session is None or lease is None:
+            return None
+        if lease.attempts != claimed.attempt or lease.message.id != message.id:
+            return None  # claimed again since, or another message of a later session
+        return session, lease
+
+    async def ack_listen(self, claimed: Claimed) -> None:
+        held = self._held(claimed)
+        if held is not None:
+            self._unlease(held[0], held[1].message)
+
+    async def renew_listen(self, claimed: Claimed, now: float | None = None) -> bool:
+        held = self._held(claimed)
+        if held is None or self._lease_s <= 0:
+            return False
+        lease = held[1]
+        lease.deadline = (time.time() if now is None else now) + self._lease_s
+        # The latest deadline: last in claim order, like a lease just taken.
+        entry = (lease.message.session_id, lease.message.seq)
+        self._leases.move_to_end(entry)
+        held[0].leases[lease.message.seq] = held[0].leases.pop(lease.message.seq)
+        return True
 
     async def token_secret(self) -> bytes:
         # This process only: tokens signed with it die with the process, like the history.

@@ -76,6 +76,7 @@ __all__ = ["Keys", "RedisStorage", "RedisTarget", "redis_errors"]
 
 _RESET_BATCH = 200
 _HISTORY_BATCH = 16  # members a bounded history read takes from the zset at a time
+_CLAIM_BATCH = 64  # leases or backlog entries an exclusive claim reads at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +126,18 @@ class Keys:
 
 def _encode(message: StoredMessage) -> str:
     # ASCII-only JSON: a lone surrogate in content survives as an escape instead of
-    # failing the UTF-8 encoding on the way to Redis.
-    return json.dumps(
-        {
-            "id": message.id,
-            "role": message.role,
-            "content": message.content,
-            "type": message.type,
-            "created_at": message.created_at,
-        },
-        separators=(",", ":"),
-    )
+    # failing the UTF-8 encoding on the way to Redis. `stopped` only when true: every
+    # other message is stored as before it existed.
+    data: dict[str, Any] = {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "type": message.type,
+        "created_at": message.created_at,
+    }
+    if message.stopped:
+        data["stopped"] = True
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _decode(session_id: str, member: object) -> StoredMessage:
@@ -150,6 +152,7 @@ def _decode(session_id: str, member: object) -> StoredMessage:
         data["content"],
         data["type"],
         data["created_at"],
+        data.get("stopped") is True,
     )
 
 
@@ -279,16 +282,21 @@ return #sids
 """
 
 # KEYS: glisten gleases, then for one session's claim: slisten msgs sleases tries.
-# ARGV: prefix sid ('' for any session) now deadline attempts_max bound leasing(1/0).
+# ARGV: prefix sid ('' for any session) now deadline attempts_max bound leasing(1/0)
+# exclusive(1/0) batch.
 # Claim for Listen: first the lease that ran out (score <= now) longest ago whose attempts
 # are below the maximum, leased again; then the oldest backlog entry, leased. Leases that
 # used up their attempts, and a session's oldest beyond `bound`, are dropped and reported;
-# entries whose message was trimmed or deleted since are dropped on the way.
+# entries whose message was trimmed or deleted since are dropped on the way. An exclusive
+# claim passes over busy sessions (holding a lease with a deadline after now): it reads
+# the run-out leases and the backlog `batch` at a time, never whole, and leaves the
+# entries of busy sessions where they are.
 # Returns {1, sid, member, attempt, dropped...} or {0, '', '', 0, dropped...}, where
 # dropped is (sid, seq, attempts) triples.
 _CLAIM = """
 local prefix, sid, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local amax, bound, leasing = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+local exclusive, batch = leasing and ARGV[8] == '1', tonumber(ARGV[9])
 local out = {0, '', '', 0}
 
 local function keys_of(s)
@@ -333,23 +341,64 @@ local function give(s, seq, body, sleases, tries)
   return out
 end
 
+-- Whether session `s` holds a lease running past now (exclusive claims only). Nothing
+-- this script does before it hands out a message changes that: known once per session.
+local busy = {}
+local function is_busy(s, sleases)
+  if not exclusive then return false end
+  if busy[s] == nil then busy[s] = redis.call('ZCOUNT', sleases, '(' .. now, '+inf') > 0 end
+  return busy[s]
+end
+
 if leasing then
+  -- `skip` counts the run-out leases passed over (busy sessions'): they stay in place.
+  local step, skip = 1, 0
+  if exclusive then step = batch end
   while true do
-    local s, seq = sid, nil
+    local got
     if sid ~= '' then
-      seq = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1)[1]
+      got = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', skip, step)
     else
-      local member = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)[1]
-      if member then s, seq = split(member) end
+      got = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', skip, step)
     end
-    if not seq then break end
-    local _, msgs, sleases, tries = keys_of(s)
-    local attempts = tonumber(redis.call('HGET', tries, seq) or '0')
-    local body = nil
-    if attempts < amax then body = redis.call('ZRANGEBYSCORE', msgs, seq, seq)[1] end
-    if body then return give(s, seq, body, sleases, tries) end
-    unlease(s, seq, sleases, tries)
-    if attempts >= amax then drop(s, seq, attempts) end
+    for _, member in ipairs(got) do
+      local s, seq = sid, member
+      if sid == '' then s, seq = split(member) end
+      local _, msgs, sleases, tries = keys_of(s)
+      local attempts = tonumber(redis.call('HGET', tries, seq) or '0')
+      if attempts < amax and is_busy(s, sleases) then
+        skip = skip + 1
+      else
+        local body = nil
+        if attempts < amax then body = redis.call('ZRANGEBYSCORE', msgs, seq, seq)[1] end
+        if body then return give(s, seq, body, sleases, tries) end
+        unlease(s, seq, sleases, tries)
+        if attempts >= amax then drop(s, seq, attempts) end
+      end
+    end
+    if #got < step then break end
+  end
+end
+if sid ~= '' and is_busy(sid, KEYS[5]) then return out end
+if exclusive and sid == '' then
+  -- The backlog in order, `batch` entries at a time from the score after the last read
+  -- (ordinals are unique), passing over the entries of busy sessions.
+  local low = '-inf'
+  while true do
+    local got = redis.call('ZRANGEBYSCORE', KEYS[1], low, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+    for i = 1, #got, 2 do
+      local s, seq = split(got[i])
+      local slisten, msgs, sleases, tries = keys_of(s)
+      if not is_busy(s, sleases) then
+        redis.call('ZREM', KEYS[1], got[i])
+        redis.call('LREM', slisten, 1, seq)
+        local body = redis.call('ZRANGEBYSCORE', msgs, seq, seq)[1]
+        if body then return give(s, seq, body, sleases, tries) end
+        redis.call('HDEL', tries, seq)
+      end
+    end
+    if #got < 2 * batch then return out end
+    low = '(' .. got[#got]
   end
 end
 while true do
@@ -404,6 +453,31 @@ return 1
 """
 
 
+# KEYS: msgs sleases tries gleases ; ARGV: sid seq id attempt [deadline]. The lease of a
+# claimed message, if it is still on this attempt and its seq holds no other message (a
+# session deleted and made anew): without a deadline it is dropped (`ack_listen`), with
+# one it is moved there (`renew_listen`). Returns 1 if found, else 0.
+_SETTLE = """
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[2])[1]
+if found then
+  local body = string.sub(found, string.find(found, '|', 1, true) + 1)
+  if cjson.decode(body)['id'] ~= ARGV[3] then return 0 end
+end
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
+if tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0') ~= tonumber(ARGV[4]) then return 0 end
+local member = ARGV[1] .. ' ' .. ARGV[2]
+if ARGV[5] then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[5], member)
+else
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[4], member)
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
+return 1
+"""
+
+
 class RedisStorage:
     """A `Storage` in Redis, shared by every bridge instance that uses the same URL."""
 
@@ -425,6 +499,7 @@ class RedisStorage:
         self._reset: AsyncScript
         self._claim: AsyncScript
         self._release: AsyncScript
+        self._settle: AsyncScript
         self._history: AsyncScript
 
     @property
@@ -450,6 +525,7 @@ class RedisStorage:
         self._reset = client.register_script(_RESET)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._settle = client.register_script(_SETTLE)
         self._history = client.register_script(_HISTORY)
         try:
             await self._adopt_epoch(client)
@@ -513,7 +589,8 @@ class RedisStorage:
     ) -> tuple[Any, list[StoredMessage]]:
         now = time.time()
         messages = [
-            StoredMessage(d.id, session_id, 0, d.role, d.content, d.type, now) for d in drafts
+            StoredMessage(d.id, session_id, 0, d.role, d.content, d.type, now, d.stopped)
+            for d in drafts
         ]
         args: list[str | int | float] = [
             session_id,
@@ -540,7 +617,9 @@ class RedisStorage:
     def _numbered(messages: list[StoredMessage], last_seq: int) -> list[StoredMessage]:
         first = last_seq - len(messages) + 1
         return [
-            StoredMessage(m.id, m.session_id, first + i, m.role, m.content, m.type, m.created_at)
+            StoredMessage(
+                m.id, m.session_id, first + i, m.role, m.content, m.type, m.created_at, m.stopped
+            )
             for i, m in enumerate(messages)
         ]
 
@@ -581,7 +660,9 @@ class RedisStorage:
         with self._errors("save the template"):
             await self._redis().set(self._keys.template, template.model_dump_json())
 
-    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+    async def claim_listen(
+        self, session_id: str | None, now: float | None = None, *, exclusive: bool = False
+    ) -> ListenClaim:
         when = time.time() if now is None else now
         k = self._keys
         keys = [k.listen, k.leases]
@@ -596,6 +677,8 @@ class RedisStorage:
             self._attempts_max,
             self._backlog_limit,
             1 if self._lease_s > 0 else 0,
+            1 if exclusive else 0,
+            _CLAIM_BATCH,
         ]
         with self._errors("claim a Listen message"):
             reply = await self._claim(keys=keys, args=args, client=self._redis())
@@ -639,6 +722,27 @@ class RedisStorage:
                 args=[sid, message.seq, message.id, claimed.attempt],
                 client=self._redis(),
             )
+
+    async def _run_settle(self, claimed: Claimed, deadline: float | None) -> bool:
+        k = self._keys
+        message = claimed.message
+        sid = message.session_id
+        args: list[str | int] = [sid, message.seq, message.id, claimed.attempt]
+        if deadline is not None:
+            args.append(repr(deadline))
+        keys = [k.session(sid, "msgs"), k.session(sid, "leases"), k.session(sid, "tries")]
+        with self._errors("settle a Listen lease"):
+            found = await self._settle(keys=[*keys, k.leases], args=args, client=self._redis())
+        return bool(found)
+
+    async def ack_listen(self, claimed: Claimed) -> None:
+        await self._run_settle(claimed, None)
+
+    async def renew_listen(self, claimed: Claimed, now: float | None = None) -> bool:
+        if self._lease_s <= 0:
+            return False
+        when = time.time() if now is None else now
+        return await self._run_settle(claimed, when + self._lease_s)
 
     # -- reads -----------------------------------------------------------------------
 

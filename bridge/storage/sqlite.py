@@ -27,16 +27,19 @@ from bridge.models import Draft, SessionInfo, StoredMessage, Template
 from bridge.storage.base import Appended, Claimed, ListenClaim, check_page, content_bytes
 from bridge.storage.sqlite_txn import (
     COLUMNS,
+    Ack,
     Append,
     Claim,
     Create,
     Delete,
     Limits,
     Release,
+    Renew,
     Reset,
     Transaction,
     Write,
     WriterState,
+    message_of,
 )
 
 __all__ = ["SqliteStorage"]
@@ -59,6 +62,7 @@ CREATE TABLE IF NOT EXISTS messages (
     type TEXT NOT NULL,
     created_at REAL NOT NULL,
     key TEXT,
+    stopped INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (session_id, key)
@@ -80,10 +84,6 @@ CREATE TABLE IF NOT EXISTS listen_leases (
 CREATE INDEX IF NOT EXISTS listen_leases_deadline ON listen_leases (deadline);
 CREATE INDEX IF NOT EXISTS listen_leases_session ON listen_leases (session_id, deadline);
 """
-
-
-def _row(row: tuple[Any, ...]) -> StoredMessage:
-    return StoredMessage(*row)
 
 
 def _page(
@@ -116,7 +116,7 @@ def _page(
     total = 0
     try:
         for row in cursor:
-            message = _row(row)
+            message = message_of(row)
             total += content_bytes(message)
             if page and total > max_bytes:
                 break
@@ -134,6 +134,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     backlog = {r[1] for r in conn.execute("PRAGMA table_info(listen_backlog)")}
     if "attempts" not in backlog:  # attempts a released message had already used
         conn.execute("ALTER TABLE listen_backlog ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+    messages = {r[1] for r in conn.execute("PRAGMA table_info(messages)")}
+    if "stopped" not in messages:  # a reply ended early by the user's Stop
+        conn.execute("ALTER TABLE messages ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0")
 
 
 class SqliteStorage:
@@ -354,13 +357,22 @@ class SqliteStorage:
             )
         )
 
-    async def claim_listen(self, session_id: str | None, now: float | None = None) -> ListenClaim:
+    async def claim_listen(
+        self, session_id: str | None, now: float | None = None, *, exclusive: bool = False
+    ) -> ListenClaim:
         when = time.time() if now is None else now
-        outcome: ListenClaim = await self._write(Claim(session_id, when))
+        outcome: ListenClaim = await self._write(Claim(session_id, when, exclusive))
         return outcome
 
     async def release_listen(self, claimed: Claimed) -> None:
         await self._write(Release(claimed))
+
+    async def ack_listen(self, claimed: Claimed) -> None:
+        await self._write(Ack(claimed))
+
+    async def renew_listen(self, claimed: Claimed, now: float | None = None) -> bool:
+        when = time.time() if now is None else now
+        return bool(await self._write(Renew(claimed, when)))
 
     async def token_secret(self) -> bytes:
         if self._token_secret is not None:
@@ -409,7 +421,7 @@ class SqliteStorage:
                     (session_id, after, upper, last),
                 ).fetchall()
                 rows.reverse()
-            return [_row(r) for r in rows]
+            return [message_of(r) for r in rows]
 
         return await self._read(op)
 
@@ -427,7 +439,7 @@ class SqliteStorage:
                     " ORDER BY seq DESC LIMIT 1",
                     (session_id, role),
                 ).fetchone()
-            return _row(row) if row else None
+            return message_of(row) if row else None
 
         return await self._read(op)
 

@@ -32,6 +32,7 @@ from bridge.values import value
 
 __all__ = [
     "COLUMNS",
+    "Ack",
     "Append",
     "Claim",
     "Create",
@@ -39,18 +40,25 @@ __all__ = [
     "Delete",
     "Limits",
     "Release",
+    "Renew",
     "Reset",
     "SeqCache",
     "Transaction",
     "Write",
     "WriterState",
+    "message_of",
 ]
 
-COLUMNS = "id, session_id, seq, role, content, type, created_at"
-# 64 rows x 8 values stays far below SQLite's 32,766 bound variables, and one prepared
+COLUMNS = "id, session_id, seq, role, content, type, created_at, stopped"
+# 64 rows x 9 values stays far below SQLite's 32,766 bound variables, and one prepared
 # statement per row count (1..64) fits the connection's statement cache.
 _ROWS_PER_INSERT = 64
-_MESSAGE_VALUES = 8
+_MESSAGE_VALUES = 9
+
+
+def message_of(row: Sequence[Any]) -> StoredMessage:
+    """A message from a row of `COLUMNS` (`stopped` is stored as 0 or 1)."""
+    return StoredMessage(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7] != 0)
 
 
 @value
@@ -85,10 +93,12 @@ class Reset:
 @value
 class Claim:
     """Take a message for Listen (of one session, or of any if None): a lease that ran
-    out by `now` first, else the oldest backlog entry; lease it until `now` + the lease."""
+    out by `now` first, else the oldest backlog entry; lease it until `now` + the lease.
+    `exclusive`: pass over sessions holding a lease that runs past `now`."""
 
     session_id: str | None
     now: float
+    exclusive: bool = False
 
 
 @value
@@ -98,10 +108,25 @@ class Release:
     claimed: Claimed
 
 
+@value
+class Ack:
+    """Drop the lease of a claimed message answered without an `ai` message."""
+
+    claimed: Claimed
+
+
+@value
+class Renew:
+    """Move the deadline of a claimed message's lease to `now` + the lease, if held."""
+
+    claimed: Claimed
+    now: float
+
+
 Custom = Callable[[sqlite3.Connection], Any]
 """Any other write: runs on the writer connection, inside the group's transaction."""
 
-Write = Append | Create | Delete | Reset | Claim | Release | Custom
+Write = Append | Create | Delete | Reset | Claim | Release | Ack | Renew | Custom
 
 
 @value
@@ -226,10 +251,15 @@ class Transaction:
             self._reset()
             return None
         if isinstance(write, Claim):
-            return self._claim(write.session_id, write.now)
+            return self._claim(write.session_id, write.now, write.exclusive)
         if isinstance(write, Release):
             self._release(write.claimed)
             return None
+        if isinstance(write, Ack):
+            self._ack(write.claimed)
+            return None
+        if isinstance(write, Renew):
+            return self._renew(write.claimed, write.now)
         return write(self._conn)
 
     def finish(self) -> None:
@@ -294,7 +324,7 @@ class Transaction:
         message = StoredMessage.from_draft(session_id, seq, draft)
         self._rows += (
             message.id, session_id, seq, draft.role, draft.content, draft.type,
-            message.created_at, draft.key,
+            message.created_at, draft.key, 1 if draft.stopped else 0,
         )  # fmt: skip
         if draft.role == "user":
             self._backlog += (session_id, seq)
@@ -350,16 +380,26 @@ class Transaction:
 
     # -- the Listen backlog ----------------------------------------------------------------
 
-    def _claim(self, session_id: str | None, now: float) -> ListenClaim:
+    def _claim(self, session_id: str | None, now: float, exclusive: bool) -> ListenClaim:
         dropped: list[DroppedLease] = []
+        exclusive = exclusive and self._lease_s > 0  # no leases: no session is busy
         if self._lease_s > 0:
-            again = self._claim_expired(session_id, now, dropped)
+            again = self._claim_expired(session_id, now, exclusive, dropped)
             if again is not None:
                 return ListenClaim(again, tuple(dropped))
-        where, args = ("", ()) if session_id is None else ("WHERE session_id = ?", (session_id,))
+        conditions: list[str] = []
+        args: tuple[Any, ...] = ()
+        if session_id is not None:
+            conditions.append("b.session_id = ?")
+            args += (session_id,)
+        if exclusive:
+            # Entries of busy sessions are passed over (the lease index answers each).
+            conditions.append(f"NOT {_BUSY.format(table='b')}")
+            args += (now,)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         while True:
             row = self._conn.execute(
-                f"SELECT n, session_id, seq, attempts FROM listen_backlog {where}"
+                f"SELECT n, session_id, seq, attempts FROM listen_backlog AS b {where}"
                 " ORDER BY n LIMIT 1",
                 args,
             ).fetchone()
@@ -376,17 +416,24 @@ class Transaction:
                 return ListenClaim(claimed, tuple(dropped))
 
     def _claim_expired(
-        self, session_id: str | None, now: float, dropped: list[DroppedLease]
+        self, session_id: str | None, now: float, exclusive: bool, dropped: list[DroppedLease]
     ) -> Claimed | None:
         """Lease again the message whose lease ran out longest ago and has attempts left;
-        drop (and report) those that used up theirs, and those whose message is gone."""
-        where, args = (
-            ("", (now,)) if session_id is None else ("session_id = ? AND ", (session_id, now))
-        )
+        drop (and report) those that used up theirs, and those whose message is gone.
+        `exclusive` passes over the leases with attempts left of busy sessions."""
+        conditions = ["l.deadline <= ?"]
+        args: tuple[Any, ...] = (now,)
+        if session_id is not None:
+            conditions.append("l.session_id = ?")
+            args += (session_id,)
+        if exclusive:
+            conditions.append(f"(l.attempts >= ? OR NOT {_BUSY.format(table='l')})")
+            args += (self._attempts_max, now)
+        where = " AND ".join(conditions)
         while True:
             row = self._conn.execute(
-                f"SELECT session_id, seq, attempts FROM listen_leases WHERE {where}"
-                "deadline <= ? ORDER BY deadline LIMIT 1",
+                f"SELECT session_id, seq, attempts FROM listen_leases AS l WHERE {where}"
+                " ORDER BY deadline LIMIT 1",
                 args,
             ).fetchone()
             if row is None:
@@ -466,11 +513,28 @@ class Transaction:
         )
         self.backlog[session_id] = count + 1
 
+    def _ack(self, claimed: Claimed) -> None:
+        message = claimed.message
+        gone = self._conn.execute(
+            f"DELETE FROM listen_leases WHERE {_HELD}", _held_args(claimed)
+        ).rowcount
+        if gone:
+            self._leases_less(message.session_id, gone)
+
+    def _renew(self, claimed: Claimed, now: float) -> bool:
+        if self._lease_s <= 0:
+            return False
+        cur = self._conn.execute(
+            f"UPDATE listen_leases SET deadline = ? WHERE {_HELD}",
+            (now + self._lease_s, *_held_args(claimed)),
+        )
+        return cur.rowcount > 0
+
     def _message(self, session_id: str, seq: int) -> StoredMessage | None:
         found = self._conn.execute(
             f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq)
         ).fetchone()
-        return StoredMessage(*found) if found else None
+        return message_of(found) if found else None
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -535,7 +599,7 @@ class Transaction:
         row = self._conn.execute(
             f"SELECT {COLUMNS} FROM messages WHERE session_id = ? AND key = ?", (session_id, key)
         ).fetchone()
-        return StoredMessage(*row) if row else None
+        return message_of(row) if row else None
 
     # -- bulk inserts --------------------------------------------------------------------
 
@@ -551,14 +615,32 @@ class Transaction:
             self._conn.execute(_BACKLOG_SQL[len(chunk) // 2], chunk)
 
 
+# Whether the session of a row of `table` holds a lease running past `?` (the claim's now).
+_BUSY = (
+    "EXISTS (SELECT 1 FROM listen_leases AS busy WHERE busy.session_id = {table}.session_id"
+    " AND busy.deadline > ?)"
+)
+# The lease of a claimed message, if still on the claim's attempt and of that message (its
+# seq holds no other message: a session deleted and made anew). Arguments: `_held_args`.
+_HELD = (
+    "session_id = ? AND seq = ? AND attempts = ? AND NOT EXISTS (SELECT 1 FROM messages"
+    " WHERE session_id = ? AND seq = ? AND id != ?)"
+)
+
+
+def _held_args(claimed: Claimed) -> tuple[Any, ...]:
+    m = claimed.message
+    return (m.session_id, m.seq, claimed.attempt, m.session_id, m.seq, m.id)
+
+
 def _placeholders(rows: int, width: int) -> str:
     one = "(" + ", ".join("?" * width) + ")"
     return ", ".join([one] * rows)
 
 
 _MESSAGE_SQL = tuple(
-    "INSERT INTO messages (id, session_id, seq, role, content, type, created_at, key) VALUES "
-    + _placeholders(n, _MESSAGE_VALUES)
+    "INSERT INTO messages (id, session_id, seq, role, content, type, created_at, key, stopped)"
+    " VALUES " + _placeholders(n, _MESSAGE_VALUES)
     for n in range(_ROWS_PER_INSERT + 1)
 )
 _BACKLOG_SQL = tuple(
