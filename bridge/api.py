@@ -27,7 +27,7 @@ from bridge.models import (
 )
 from bridge.ratelimit import RateLimiter
 from bridge.responses import json_response, json_text_response, no_content
-from bridge.schemas import ERRORS, ListenAnswer, MessageOut, SessionOut, TokenOut
+from bridge.schemas import ERRORS, ListenAnswer, MessageOut, SessionOut, StopOut, TokenOut
 from bridge.service import BridgeService
 
 __all__ = ["routes"]
@@ -254,7 +254,21 @@ def routes(service: BridgeService, auth: Auth, limiter: RateLimiter) -> list[Bas
         ndjson = content_type.split(";")[0].strip() in ("application/x-ndjson", "application/jsonl")
         chunks = decode_chunks(request.stream(), ndjson=ndjson, max_line=line_limit)
         stored = await service.stream(session_id, role, chunks, idempotency_key)
-        return json_text_response(stored.to_json())
+        # A stopped reply is answered while the producer may still be sending: closing
+        # the connection after the answer makes its next write fail, so it stops too
+        # (an HTTP client that sends the whole body before reading would never look).
+        headers = {"connection": "close"} if stored.stopped else None
+        return json_text_response(stored.to_json(), headers=headers)
+
+    @router.post(
+        "/sessions/{session_id}/stop",
+        summary="End the reply streaming in a session (stored as far as it came, stopped)",
+        response_model=StopOut,
+    )
+    async def stop(session_id: SessionPath, request: Request) -> Response:
+        rate_limited(request)
+        await service.stop_replies(session_id)
+        return json_response({"session_id": session_id, "stopping": True})
 
     async def listen(request: Request, session_id: str | None, timeout: float | None) -> Response:
         """Wait for a message, unless the caller hangs up first: a Listen whose client has

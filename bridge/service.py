@@ -53,6 +53,7 @@ __all__ = ["BridgeService", "Listened", "SessionView", "Subscription"]
 
 log = logging.getLogger("bridge")
 
+_STOP = "stop"  # the broker event that ends every reply streaming in its session
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 
@@ -98,6 +99,10 @@ class BridgeService:
         self._template = Template()
         self._presence_due: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        # The stop signal of each reply streaming through this instance, by session: a
+        # stop (from any instance, through the broker) resolves every one of them.
+        self._stops: dict[str, set[asyncio.Future[None]]] = {}
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -123,8 +128,14 @@ class BridgeService:
         Listen call now (204) and close every socket with 1001, waiting until the close
         frames are out. In-flight requests finish after this; a second call does nothing
         more."""
+        self._closing = True
         self._listen.close()
         await self._hub.close_all(CLOSE_GOING_AWAY, "bridge shutting down")
+
+    @property
+    def closing(self) -> bool:
+        """True once `shutdown` began: waits for work (Listen, runs) end at once."""
+        return self._closing
 
     async def stop(self) -> None:
         """The last step, once no request runs: `shutdown` if it has not run, then wait
@@ -134,10 +145,19 @@ class BridgeService:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     def _on_event(self, event: Event) -> None:
+        kind = event.kind
+        if kind == _STOP:  # an instruction between instances, not a frame for tabs
+            for stop in self._stops.get(event.session_id, ()):
+                if not stop.done():
+                    stop.set_result(None)
+            return
         self._hub.dispatch(event)
         if event.user_message:
             self._listen.notify(event.session_id)
-        elif event.kind == "template":
+        elif kind == "run.end":
+            # The session's next user message may be run now (by any instance's runner).
+            self._listen.notify(event.session_id)
+        elif kind == "template":
             self._template = Template.model_validate(event.data["template"])
 
     @property
@@ -326,32 +346,63 @@ class BridgeService:
         role: str,
         chunks: AsyncIterator[str],
         idempotency_key: str | None = None,
+        *,
+        run_id: str | None = None,
+        idle_timeout: tuple[float, str] | None = None,
     ) -> StoredMessage:
         """Publish a reply as it arrives, chunk by chunk, then store it whole.
 
         If the chunks fail (bad input, too large, the sender hung up) subscribers get
-        `stream.abort` and nothing is stored.
+        `stream.abort` and nothing is stored. A stop of the session (`stop_replies`, from any
+        instance) ends it early: the rest of `chunks` is not read, and what arrived is
+        stored with `stopped` set. `run_id` names the run that produces it (in
+        `stream.start`); `idle_timeout` replaces `stream_idle_timeout_s` with
+        (seconds, the setting's name for the error).
         """
         check_session_id(session_id)
         self._check_role(role)
         key = self._check_key(idempotency_key)
         await self.ensure_session(session_id)
         stream_id = uuid.uuid4().hex
-        await self._broker.publish(
-            Event.of(session_id, "stream.start", stream_id=stream_id, role=role)
-        )
+        started = {"run_id": run_id} if run_id else {}
+        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stops = self._stops.setdefault(session_id, set())
+        stops.add(stop)
         try:
-            text = await self._relay(session_id, stream_id, chunks)
-        except BaseException as exc:
-            detail = getattr(exc, "detail", None) or "the sender stopped before the end"
-            abort = Event.of(session_id, "stream.abort", stream_id=stream_id, detail=detail)
-            await asyncio.shield(self._broker.publish(abort))
-            raise
-        draft = Draft(role, text, "text", stream_id, key)
+            await self._broker.publish(
+                Event.of(session_id, "stream.start", stream_id=stream_id, role=role, **started)
+            )
+            try:
+                text, stopped = await self._relay(session_id, stream_id, chunks, stop, idle_timeout)
+            except BaseException as exc:
+                detail = getattr(exc, "detail", None) or "the sender stopped before the end"
+                abort = Event.of(session_id, "stream.abort", stream_id=stream_id, detail=detail)
+                await asyncio.shield(self._broker.publish(abort))
+                raise
+        finally:
+            stops.discard(stop)
+            if not stops and self._stops.get(session_id) is stops:
+                del self._stops[session_id]
+        draft = Draft(role, text, "text", stream_id, key, stopped=stopped)
         return await asyncio.shield(self._append_and_publish(session_id, draft, stream_id))
 
-    async def _relay(self, session_id: str, stream_id: str, chunks: AsyncIterator[str]) -> str:
-        """Publish `chunks` as `stream.delta` events and return the whole text.
+    async def stop_replies(self, session_id: str) -> None:
+        """End every reply streaming in the session now, on whichever instance: each is
+        stored as far as it came, marked `stopped` (a run's request to its flow is
+        closed, a `/messages/stream` request is answered)."""
+        check_session_id(session_id)
+        await self._broker.publish(Event.of(session_id, _STOP))
+
+    async def _relay(
+        self,
+        session_id: str,
+        stream_id: str,
+        chunks: AsyncIterator[str],
+        stop: asyncio.Future[None],
+        idle_timeout: tuple[float, str] | None,
+    ) -> tuple[str, bool]:
+        """Publish `chunks` as `stream.delta` events; return the whole text and whether
+        a stop ended it.
 
         Deltas are merged so that a stream costs subscribers at most one frame per
         `stream_coalesce_s` (a 28 KB NDJSON body of 2,000 tiny deltas would otherwise be
@@ -362,8 +413,13 @@ class BridgeService:
         settings = self.settings
         loop = asyncio.get_running_loop()
         limit = settings.max_message_bytes
+        idle_s, idle_name = idle_timeout or (
+            settings.stream_idle_timeout_s,
+            "BRIDGE_STREAM_IDLE_TIMEOUT_S",
+        )
         end_by = loop.time() + settings.stream_max_s
-        idle_until = loop.time() + settings.stream_idle_timeout_s
+        idle_until = loop.time() + idle_s
+        stopped = False
         send_at = 0.0  # loop time from which the next delta may go out
         parts: list[str] = []
         unsent: list[str] = []
@@ -385,8 +441,15 @@ class BridgeService:
                 if reading is None:
                     reading = asyncio.ensure_future(anext(source))
                 due = min(idle_until, end_by, send_at if unsent else end_by)
-                done, _ = await asyncio.wait((reading,), timeout=max(0.0, due - loop.time()))
+                done, _ = await asyncio.wait(
+                    (reading, stop),
+                    timeout=max(0.0, due - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 now = loop.time()
+                if reading not in done and stop.done():
+                    stopped = True
+                    break
                 if not done:
                     if unsent and now >= send_at:
                         await flush()
@@ -397,8 +460,7 @@ class BridgeService:
                         )
                     elif now >= idle_until:
                         raise TimedOut(
-                            f"streamed reply sent nothing for {settings.stream_idle_timeout_s:g}"
-                            " s (BRIDGE_STREAM_IDLE_TIMEOUT_S)"
+                            f"streamed reply sent nothing for {idle_s:g} s ({idle_name})"
                         )
                     continue
                 finished, reading = reading, None
@@ -406,14 +468,20 @@ class BridgeService:
                     chunk = finished.result()
                 except StopAsyncIteration:
                     break
-                idle_until = now + settings.stream_idle_timeout_s
+                idle_until = now + idle_s
+                if stop.done():  # keep what came with the stop, read nothing more
+                    stopped = True
                 if not chunk:
+                    if stopped:
+                        break
                     continue
                 size += len(chunk.encode("utf-8", "surrogatepass"))
                 if size > limit:
                     raise PayloadTooLarge(f"streamed reply exceeds {limit} bytes")
                 parts.append(chunk)
                 unsent.append(chunk)
+                if stopped:
+                    break
                 if now >= send_at:
                     await flush()
             if unsent:
@@ -422,7 +490,7 @@ class BridgeService:
             if reading is not None:
                 reading.cancel()
                 await asyncio.gather(reading, return_exceptions=True)
-        return "".join(parts)
+        return "".join(parts), stopped
 
     # -- Listen --------------------------------------------------------------------------
 
@@ -433,6 +501,12 @@ class BridgeService:
         That is a message whose earlier claim went unanswered for `listen_lease_s` (no
         `ai` message in its session since), if any has attempts left, else the oldest
         user message no Listen call has had yet."""
+        if self.settings.runs:
+            raise Conflict(
+                "this bridge answers user messages itself (it runs "
+                f"{'a Langflow flow' if self.settings.langflow_url else 'an AG-UI agent'} for "
+                "each one), so Listen hands out nothing: it would take messages from the runs"
+            )
         if session_id is not None:
             check_session_id(session_id)
         wait = self.settings.listen_timeout_default_s if timeout is None else timeout
@@ -463,10 +537,10 @@ class BridgeService:
             raise
         return Listened(message, history, claimed.attempt)
 
-    async def _claim(self, session_id: str | None) -> Claimed | None:
+    async def _claim(self, session_id: str | None, *, exclusive: bool = False) -> Claimed | None:
         """One claim in the store; report the leases it gave up, and arrange for a
         waiting Listen call to be woken when the new lease runs out."""
-        outcome = await self._storage.claim_listen(session_id)
+        outcome = await self._storage.claim_listen(session_id, exclusive=exclusive)
         for lost in outcome.dropped:
             log.warning(
                 "Listen message seq %d of session %r is given up unanswered after %d "
@@ -506,6 +580,48 @@ class BridgeService:
     async def _release(self, claimed: Claimed) -> None:
         await self._storage.release_listen(claimed)
         self._listen.notify(claimed.session_id)  # a call waiting here may take it now
+
+    # -- runs (bridge.runs drives these) ---------------------------------------------------
+
+    async def next_run(self, timeout: float) -> Claimed | None:
+        """The next user message to answer with a run, waiting up to `timeout` seconds.
+
+        Claimed exclusively: a session whose previous message is still leased (its run
+        goes on, here or on another instance) is skipped, so each session's messages run
+        one at a time and in order. A message whose run died with its process (lease run
+        out) comes first. The claim is a Listen lease: `renew_run` keeps it, `end_run`
+        settles it without a reply, an `ai` message in the session settles it too."""
+        return await self._listen.wait(
+            None,
+            lambda: self._claim(None, exclusive=True),
+            self._storage.release_listen,
+            timeout,
+        )
+
+    async def run_history(self, message: StoredMessage) -> list[StoredMessage]:
+        """The session's messages before `message` (at most `listen_history_limit`)."""
+        return await self._storage.history(
+            message.session_id, before=message.seq, last=self.settings.listen_history_limit
+        )
+
+    async def renew_run(self, claimed: Claimed) -> bool:
+        """Extend the lease of a message being run; False if it is no longer held (the
+        session was deleted, or answered by another message)."""
+        return await self._storage.renew_listen(claimed)
+
+    async def end_run(self, claimed: Claimed) -> None:
+        """The run of `claimed` ended without storing a reply (an error, shown to the
+        tabs): the message counts as answered and is not run again."""
+        await asyncio.shield(self._storage.ack_listen(claimed))
+
+    async def give_back_run(self, claimed: Claimed) -> None:
+        """The run of `claimed` was interrupted (the bridge is stopping): its message is
+        run again first, by this bridge when it is back or by another instance."""
+        await asyncio.shield(self._release(claimed))
+
+    async def publish_run(self, session_id: str, kind: str, /, **data: object) -> None:
+        """Tell the session's tabs how a run goes (`run.start`, `run.step`, `run.end`)."""
+        await self._broker.publish(Event.of(session_id, kind, **data))
 
     # -- template ------------------------------------------------------------------------
 

@@ -138,8 +138,13 @@ class SessionSocket:
             except ValidationError as exc:
                 raise InvalidInput(describe_validation_error(exc)) from None
             await self._service.post(sub.session_id, message)
+        elif kind == "stop":
+            self._limiter.take(_client(websocket))
+            await self._service.stop_replies(sub.session_id)
         else:
-            raise InvalidInput(f"unknown event {str(kind)[:40]!r}: send 'message' or 'ping'")
+            raise InvalidInput(
+                f"unknown event {str(kind)[:40]!r}: send 'message', 'stop' or 'ping'"
+            )
 
 
 class SocketLimits:
