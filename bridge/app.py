@@ -23,6 +23,7 @@ from bridge.hub import Hub
 from bridge.metrics import Metrics
 from bridge.ratelimit import RateLimiter
 from bridge.responses import json_response
+from bridge.runs import Runner, source_for
 from bridge.service import BridgeService
 from bridge.settings import Settings
 
@@ -46,6 +47,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     service = BridgeService(settings, storage, broker, hub, metrics)
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    source = source_for(settings)
+    runner = Runner(service, source, settings) if source is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,8 +61,12 @@ def create_app(settings: Settings) -> FastAPI:
                 secret = settings.token_secret
                 auth.start(secret.encode() if secret else await storage.token_secret())
             await service.start()
+            if runner is not None:
+                await runner.start()
             yield
         finally:
+            if runner is not None:
+                await runner.stop()
             await service.stop()
             await broker.close()
             await storage.close()

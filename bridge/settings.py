@@ -70,6 +70,16 @@ class Settings:
     stream_coalesce_s: float = 0.02
     token_secret: str | None = None
     allow_no_key: bool = False
+    # -- runs (docs/protocol.md section 7): the bridge answers user messages itself --
+    # A Langflow server or `lfx serve` and the flow to run, or any AG-UI endpoint.
+    langflow_url: str | None = None
+    flow: str | None = None
+    langflow_api_key: str | None = field(default=None, repr=False)  # never in a log
+    agent_url: str | None = None
+    # `Name: value` headers sent to the agent (comma-separated in BRIDGE_AGENT_HEADER).
+    agent_header: tuple[str, ...] = field(default=(), repr=False)
+    runs_max: int = 16
+    run_timeout_s: float = 300.0
 
     @classmethod
     def load(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -118,6 +128,8 @@ class Settings:
             "stream_idle_timeout_s": (0.1, 86400),
             "stream_max_s": (1, 7 * 86400),
             "stream_coalesce_s": (0, 1),
+            "runs_max": (1, 10_000),
+            "run_timeout_s": (1, 86400),
         }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
@@ -137,8 +149,40 @@ class Settings:
                 "the port could read every chat. Set BRIDGE_API_KEY (--api-key), or pass "
                 "--allow-no-key (BRIDGE_ALLOW_NO_KEY=1) if something in front authenticates"
             )
+        self._check_runs()
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise InvalidInput("setting sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+
+    def _check_runs(self) -> None:
+        if self.langflow_url and self.agent_url:
+            raise InvalidInput(
+                "set either a Langflow URL (--langflow-url) or an AG-UI agent URL "
+                "(--agent-url), not both: one of them answers the chat"
+            )
+        if self.langflow_url and not self.flow:
+            raise InvalidInput(
+                "--langflow-url needs --flow (BRIDGE_FLOW): the id or endpoint name of the "
+                "flow to run for each user message"
+            )
+        if self.runs and self.runs_max > self.listen_waiters_max:
+            raise InvalidInput(
+                f"setting runs_max={self.runs_max} is above listen_waiters_max="
+                f"{self.listen_waiters_max}: each run waits for work as a Listen consumer"
+            )
+        if self.flow and not self.langflow_url:
+            raise InvalidInput("--flow needs --langflow-url (BRIDGE_LANGFLOW_URL)")
+        for url in (self.langflow_url, self.agent_url):
+            if url and not url.startswith(("http://", "https://")):
+                raise InvalidInput(f"{url[:80]!r} is not an http:// or https:// URL")
+        for header in self.agent_header:
+            name, colon, _ = header.partition(":")
+            if not colon or not name.strip() or any(c in name for c in " \t\r\n"):
+                raise InvalidInput(f"agent header {header[:40]!r} is not of the form 'Name: value'")
+
+    @property
+    def runs(self) -> bool:
+        """True when the bridge answers user messages by running a flow or an agent."""
+        return bool(self.langflow_url or self.agent_url)
 
     @property
     def on_loopback(self) -> bool:
