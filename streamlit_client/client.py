@@ -15,7 +15,9 @@ it returns are the wire shapes of `bridge.wire` (`Message` is `StoredMessage`).
 
 Errors: every non-2xx answer raises `BridgeHTTPError` (status and the bridge's `detail`);
 network failures surface as `httpx.HTTPError`. `subscribe` is described in
-`streamlit_client.subscription`.
+`streamlit_client.subscription`; it yields every event as the bridge sends it, including
+kinds this client has no use for (`presence`, `run.start`, `run.step`, `run.end`, and any a
+newer bridge adds): consumers act on the kinds they know and skip the rest.
 """
 
 from __future__ import annotations
@@ -155,6 +157,12 @@ class BridgeClient:
             timeout=httpx.Timeout(10.0, read=timeout, write=timeout),
         )
         return Message.from_dict(answer)
+
+    def stop(self, session_id: str) -> dict[str, Any]:
+        """End whatever reply streams in `session_id` (`POST .../stop`), as the tab's Stop
+        button does: the partial text is stored marked `stopped` and every tab gets its
+        `stream.end`. Answers `{"session_id": ..., "stopping": true}`."""
+        return dict(self._call("POST", f"{session_path(session_id)}/stop") or {})
 
     def delete_session(self, session_id: str) -> None:
         """Delete a session and its history; its subscribers get `reset`."""

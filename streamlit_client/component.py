@@ -3,7 +3,9 @@
 Its JavaScript (`listener.js`) keeps one WebSocket per tab and sends Python one value at
 a time under the state name `push`; Python answers through `data` (see
 `streamlit_client.state` for the ack protocol). The data also carries the close-code table
-of `bridge.wire` (`close_policy`), which the script follows: it has none of its own.
+of `bridge.wire` (`close_policy`), which the script follows: it has none of its own, and
+the texts it draws that Python draws too (`labels`: the stopped marker under a reply cut
+short by Stop, which shows in the script's bubble until Python's replaces it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import streamlit as st
 
 from bridge.wire import close_policy
+from streamlit_client.render import STOPPED_MARKER
 
 __all__ = ["COMPONENT_NAME", "mount_listener"]
 
@@ -38,6 +41,7 @@ _render = st.components.v2.component(
 
 
 _CLOSE_POLICY = close_policy()
+_LABELS = {"stopped": STOPPED_MARKER, "stop": "■ Stop", "stopping": "Stopping…"}
 
 
 def mount_listener(key: str, data: dict[str, Any], on_push: Callable[[], None]) -> Any:
@@ -47,7 +51,7 @@ def mount_listener(key: str, data: dict[str, Any], on_push: Callable[[], None]) 
     """
     result = _render(
         key=key,
-        data={**data, "key": key, "close_policy": _CLOSE_POLICY},
+        data={**data, "key": key, "close_policy": _CLOSE_POLICY, "labels": _LABELS},
         on_push_change=on_push,
     )
     return result.get("push")

@@ -13,7 +13,12 @@
 // - what a close code means (stop, come back, come back with a new token) and the backoff
 //   come from Python in `data.close_policy`: the one table, `bridge.wire.CLOSE_CODES`;
 // - a listener whose element has left the page for PRUNE_AFTER_MS is closed and
-//   forgotten (socket and timers), or every session the tab ever showed stays open.
+//   forgotten (socket and timers), or every session the tab ever showed stays open;
+// - a run of the bridge's runner (`run.start` / `run.step` / `run.end`) is drawn here too:
+//   a working bubble at once, the step line inside it, and the reply's tokens in the same
+//   bubble when its stream starts; a Stop button while anything is working or streaming
+//   sends `{"event":"stop"}` on this socket; a failed run leaves an error note until the
+//   next message. None of it goes to Python: only stored messages do.
 
 const REGISTRY = "__streamlitBridgeListeners";
 const PRUNER = "__streamlitBridgePruner";
@@ -81,7 +86,13 @@ class Listener {
     this.resetPending = false;
     this.tokenExpired = false; // the bridge closed us at the token's expiry: ask for one
     this.nonce = 0;
-    this.streams = new Map(); // stream_id -> {bubble, text}
+    this.streams = new Map(); // stream_id -> reply (see replyBubble)
+    this.runs = new Map(); // run_id -> {reply, streamId}: reply null once its stream ended
+    this.errorNote = null; // the last failed run's note, until the next message
+    this.labels = {}; // texts drawn here that Python draws too (the stopped marker)
+    this.stopButton = el("button", "sb-stop", "");
+    this.stopButton.type = "button";
+    this.stopButton.addEventListener("click", () => this.sendStop());
     this.committed = new Map(); // seq -> bubble awaiting Python's ack
     this.avatars = {};
     this.closePolicy = null; // bridge.wire.close_policy(), from `data`
@@ -101,7 +112,9 @@ class Listener {
     this.setStateValue = setStateValue;
     if (this.root.parentElement !== parentElement) parentElement.appendChild(this.root);
     this.avatars = data.avatars || {};
+    this.labels = data.labels || {};
     this.closePolicy = data.close_policy;
+    this.updateStop();
     const newToken = (data.token || null) !== this.token;
     this.token = data.token || null;
     if (data.session_id !== this.sessionId || data.ws_url !== this.wsUrl) {
@@ -228,6 +241,7 @@ class Listener {
     clearTimeout(this.ackTimer);
     clearTimeout(this.flashTimer);
     this.dropStreams();
+    this.clearError();
     this.root.remove();
   }
 
@@ -285,13 +299,19 @@ class Listener {
       case "message":
         return this.receive(frame.message, false);
       case "stream.start":
-        return this.streamBubble(frame.stream_id, frame.role);
+        return this.streamStart(frame);
       case "stream.delta":
         return this.streamDelta(frame);
       case "stream.end":
         return this.streamEnd(frame);
       case "stream.abort":
         return this.streamAbort(frame);
+      case "run.start":
+        return this.runStart(frame);
+      case "run.step":
+        return this.runStep(frame);
+      case "run.end":
+        return this.runEnd(frame);
       case "template":
         this.template = frame.template;
         return this.flush();
@@ -300,7 +320,7 @@ class Listener {
       case "error":
         return this.flash(frame.detail || "The bridge reported an error.");
       default:
-        return undefined; // pong, presence: nothing to draw
+        return undefined; // pong, presence, events of a newer bridge: nothing to draw
     }
   }
 
@@ -330,28 +350,39 @@ class Listener {
     this.lastSeq = this.acked = 0;
     this.pending.clear();
     this.dropStreams();
+    this.clearError();
     this.flush();
   }
 
   receive(message, streamed) {
     if (!message || message.seq <= this.lastSeq) return; // replayed twice: drop
     this.lastSeq = message.seq;
+    this.clearError(); // a failed run's note stays until the session's next message
     this.pending.set(message.seq, streamed ? { ...message, streamed: true } : message);
     this.flush();
   }
 
-  // -- streams, drawn here chunk by chunk -------------------------------------------------
+  // -- replies: streams drawn chunk by chunk, runs, Stop -----------------------------------
 
-  streamBubble(streamId, role) {
-    let stream = this.streams.get(streamId);
-    if (!stream) {
-      stream = this.lookalikeBubble(role) || this.plainBubble(role);
-      stream.bubble.classList.add("sb-stream");
-      stream.bubble.dataset.streamId = streamId;
-      this.streamBox.appendChild(stream.bubble);
-      this.streams.set(streamId, stream);
-    }
-    return stream;
+  // A reply bubble: the text, and the parts a reply may show while it is not complete (the
+  // working indicator, the step line, the Stop button's place) or once it is (the stopped
+  // marker). Every part is text nodes only.
+  replyBubble(role) {
+    const reply = this.lookalikeBubble(role) || this.plainBubble(role);
+    const { body } = reply;
+    reply.thinking = el("div", "sb-thinking");
+    reply.thinking.append(el("span", "sb-thinking-text", "Thinking"));
+    for (let i = 0; i < 3; i += 1) reply.thinking.append(el("span", "sb-dot", "."));
+    reply.thinking.hidden = true;
+    reply.step = el("div", "sb-step", "");
+    reply.step.hidden = true;
+    reply.controls = el("div", "sb-controls");
+    reply.stopped = el("div", "sb-stopped", "");
+    reply.stopped.hidden = true;
+    body.prepend(reply.thinking);
+    body.append(reply.step, reply.controls, reply.stopped);
+    this.streamBox.appendChild(reply.bubble);
+    return reply;
   }
 
   // A copy of a chat message Streamlit drew for the same role, emptied: the stream looks
@@ -368,18 +399,55 @@ class Listener {
     bubble.removeAttribute("data-testid");
     const content = bubble.querySelector(`[aria-label="${CSS.escape(label)}"]`);
     if (!content) return null;
+    const body = el("div", "sb-reply");
     const text = el("div", "sb-stream-text", "");
-    content.replaceChildren(text);
-    return { bubble, text };
+    body.append(text);
+    content.replaceChildren(body);
+    return { bubble, body, text };
   }
 
   plainBubble(role) {
     const bubble = el("div", `sb-plain sb-role-${role === "user" ? "user" : "ai"}`);
     const avatar = this.avatars[role === "user" ? "user" : "ai"];
     bubble.append(el("div", "sb-avatar", avatar || (role === "user" ? "U" : "AI")));
+    const body = el("div", "sb-reply");
     const text = el("div", "sb-stream-text", "");
-    bubble.append(text);
-    return { bubble, text };
+    body.append(text);
+    bubble.append(body);
+    return { bubble, body, text };
+  }
+
+  // A stream of a run takes over the run's working bubble (the tokens replace the
+  // indicator in place); any other stream gets a bubble of its own.
+  streamStart(frame) {
+    if (this.streams.has(frame.stream_id)) return this.streams.get(frame.stream_id);
+    const run = frame.run_id ? this.runs.get(frame.run_id) : undefined;
+    if (run && run.reply && run.streamId === null) {
+      run.streamId = frame.stream_id;
+      run.reply.thinking.hidden = true;
+      run.reply.bubble.classList.remove("sb-run");
+      return this.adoptStream(frame.stream_id, run.reply);
+    }
+    const reply = this.streamBubble(frame.stream_id, frame.role);
+    if (frame.run_id && !(run && run.reply)) {
+      // Joined mid-run (the run began before this socket), or the run's next reply after
+      // an earlier one ended: its steps go in this bubble.
+      this.runs.set(frame.run_id, { reply, streamId: frame.stream_id });
+    }
+    return reply;
+  }
+
+  streamBubble(streamId, role) {
+    const stream = this.streams.get(streamId);
+    return stream || this.adoptStream(streamId, this.replyBubble(role || "ai"));
+  }
+
+  adoptStream(streamId, reply) {
+    reply.bubble.classList.add("sb-stream");
+    reply.bubble.dataset.streamId = streamId;
+    this.streams.set(streamId, reply);
+    this.updateStop();
+    return reply;
   }
 
   streamDelta(frame) {
@@ -390,7 +458,7 @@ class Listener {
   streamEnd(frame) {
     const message = frame.message || {};
     const stream = this.streams.get(frame.stream_id);
-    this.streams.delete(frame.stream_id);
+    this.endStream(frame.stream_id);
     if (!stream) {
       this.receive({ ...message, seq: frame.seq ?? message.seq }, false);
       return;
@@ -399,24 +467,145 @@ class Listener {
     if (seq <= this.acked) {
       stream.bubble.remove(); // Python already drew it
     } else {
+      // Until Python draws the stored message, this bubble shows it as Python will.
       stream.text.textContent = message.content ?? stream.text.textContent;
+      if (message.stopped) {
+        stream.stopped.textContent = this.labels.stopped || "stopped";
+        stream.stopped.hidden = false;
+      }
       stream.bubble.classList.add("sb-stream-done");
       this.committed.set(seq, stream.bubble);
     }
     this.receive({ ...message, seq }, true);
   }
 
-  // The reply failed and nothing was stored: take its bubble away and say why.
+  // The reply failed and nothing was stored: take its bubble away and say why (a run's
+  // own run.end says it where the reply would have been).
   streamAbort(frame) {
     const stream = this.streams.get(frame.stream_id);
-    this.streams.delete(frame.stream_id);
+    const ofRun = [...this.runs.values()].some((run) => run.streamId === frame.stream_id);
+    this.endStream(frame.stream_id);
     if (stream) stream.bubble.remove();
-    this.flash(`A streamed reply stopped: ${frame.detail || "the sender went away"}`);
+    if (!ofRun) this.flash(`A streamed reply stopped: ${frame.detail || "the sender went away"}`);
+  }
+
+  // A stream is over: its bubble no longer works (no step line, no Stop), and its run, if
+  // it has one and goes on, draws a new working bubble for what it does next.
+  endStream(streamId) {
+    const stream = this.streams.get(streamId);
+    this.streams.delete(streamId);
+    if (stream) {
+      stream.thinking.hidden = true;
+      stream.step.hidden = true;
+    }
+    for (const run of this.runs.values()) {
+      if (run.streamId === streamId) {
+        run.reply = null;
+        run.streamId = null;
+      }
+    }
+    this.updateStop();
+  }
+
+  runStart(frame) {
+    let run = this.runs.get(frame.run_id);
+    if (!run) {
+      run = { reply: null, streamId: null };
+      this.runs.set(frame.run_id, run);
+    }
+    if (!run.reply) this.workingBubble(frame.run_id, run);
+    this.updateStop();
+  }
+
+  workingBubble(runId, run) {
+    run.reply = this.replyBubble("ai");
+    run.reply.bubble.classList.add("sb-run");
+    run.reply.bubble.dataset.runId = runId;
+    run.reply.thinking.hidden = false;
+  }
+
+  runStep(frame) {
+    const label = frame.label || "";
+    let run = this.runs.get(frame.run_id);
+    if (!run) {
+      if (!label) return;
+      // Joined mid-run (the start was before this socket): the run is working.
+      run = { reply: null, streamId: null };
+      this.runs.set(frame.run_id, run);
+    }
+    if (!run.reply) {
+      if (!label) return;
+      this.workingBubble(frame.run_id, run);
+      this.updateStop();
+    }
+    run.reply.step.textContent = label;
+    run.reply.step.hidden = !label;
+  }
+
+  runEnd(frame) {
+    const run = this.runs.get(frame.run_id);
+    this.runs.delete(frame.run_id);
+    if (run && run.reply) {
+      run.reply.thinking.hidden = true;
+      run.reply.step.hidden = true;
+      // A working bubble that never got tokens goes; a stream still open keeps its bubble
+      // until its own stream.end or stream.abort.
+      if (run.streamId === null) run.reply.bubble.remove();
+    }
+    if (frame.outcome === "error") this.showError(frame.reason || "The reply failed.");
+    this.updateStop();
+  }
+
+  // Where the reply would have been: what went wrong, in the bridge's plain words. Not
+  // stored; it goes when the session's next message arrives.
+  showError(reason) {
+    this.clearError();
+    const reply = this.replyBubble("ai");
+    reply.bubble.classList.add("sb-error");
+    reply.bubble.setAttribute("role", "alert");
+    reply.text.textContent = reason;
+    this.errorNote = reply.bubble;
+  }
+
+  clearError() {
+    if (this.errorNote) this.errorNote.remove();
+    this.errorNote = null;
+  }
+
+  // The Stop button sits in the newest bubble that is still working or streaming, and only
+  // while there is one; after a click it stays disabled until every reply is over.
+  updateStop() {
+    const button = this.stopButton;
+    let active = null;
+    for (const reply of this.streams.values()) active = reply;
+    for (const run of this.runs.values()) if (run.reply && run.streamId === null) active = run.reply;
+    if (!active) {
+      button.remove();
+      button.disabled = false;
+      button.textContent = this.labels.stop || "■ Stop";
+      return;
+    }
+    if (!button.textContent) button.textContent = this.labels.stop || "■ Stop";
+    if (button.parentElement !== active.controls) active.controls.appendChild(button);
+  }
+
+  sendStop() {
+    const socket = this.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      this.flash("Not connected to the bridge: the reply cannot be stopped now.");
+      return;
+    }
+    socket.send('{"event":"stop"}');
+    this.stopButton.disabled = true;
+    this.stopButton.textContent = this.labels.stopping || "Stopping…";
   }
 
   dropStreams() {
     for (const { bubble } of this.streams.values()) bubble.remove();
     this.streams.clear();
+    for (const { reply } of this.runs.values()) if (reply) reply.bubble.remove();
+    this.runs.clear(); // their run.end may never come
+    this.updateStop();
   }
 
   // -- status -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from streamlit_client.models import Message, Template
 
 __all__ = [
     "IMAGE_REFUSED_NOTE",
+    "STOPPED_MARKER",
     "displayable_image",
     "draw_history",
     "draw_message",
@@ -27,6 +28,9 @@ __all__ = [
 ]
 
 IMAGE_REFUSED_NOTE = "image not shown: only http(s) and data:image URLs are displayed"
+STOPPED_MARKER = "■ stopped"
+"""Under a reply cut short by Stop (`message.stopped`); `listener.js` draws the same text
+(it gets it in its component data) in the bubble that waits for Python's."""
 _REFUSED_SHOWN_MAX = 500  # characters of refused image content shown as text
 
 
@@ -63,7 +67,9 @@ def draw_message(
     welcome_seq: int | None = None,
     typed: bool = False,
 ) -> None:
-    """One `st.chat_message`; `typed` writes it word by word at the template's speed."""
+    """One `st.chat_message`; `typed` writes it word by word at the template's speed.
+
+    A reply cut short by Stop carries the stopped marker under its text."""
     content = shown_content(message, template, welcome_seq)
     with st.chat_message(message.role, avatar=template.avatar(message.role)):
         if message.type == "image":
@@ -72,6 +78,8 @@ def draw_message(
             st.write_stream(_words(content, template.write_speed))
         else:
             st.markdown(content)
+        if message.stopped:
+            st.caption(STOPPED_MARKER)
 
 
 def _draw_image(content: str) -> None:
@@ -111,7 +119,8 @@ def draw_history(
 
 def _one_line(message: Message, template: Template, welcome_seq: int | None) -> str:
     who = template.avatar(message.role) or message.role
-    return f"**{who}** {shown_content(message, template, welcome_seq)}"
+    stopped = f" *({STOPPED_MARKER})*" if message.stopped else ""
+    return f"**{who}** {shown_content(message, template, welcome_seq)}{stopped}"
 
 
 def _words(text: str, delay: float) -> Iterator[str]:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
+import pytest
+
+from bridge_cli.commands import _print_event
 from streamlit_client.config import ChatConfig
 from streamlit_client.launcher import PAGE, chat_command, chat_env
 from streamlit_client.models import Listened, Message, Template
 from streamlit_client.state import ChatState
+from streamlit_client.subscription import Subscription
 
 
 def msg(seq: int, role: str = "ai", content: str | None = None, id: str = "") -> Message:
@@ -125,6 +130,35 @@ def test_the_welcome_follows_the_template_but_other_messages_do_not() -> None:
     # After a reset, the new history's welcome arrives pushed.
     push = state.apply_push({"nonce": 2, "resets": 1, "messages": [raw(1, id="welcome")]})
     assert push.reset and state.welcome_seq == 1
+
+
+def test_a_stopped_reply_keeps_its_mark_through_a_push() -> None:
+    state = loaded(1)
+    stopped = {**raw(2), "content": "half a rep", "stopped": True}
+    push = state.apply_push({"nonce": 1, "messages": [{**stopped, "streamed": True}, raw(3)]})
+    assert [m.stopped for m in push.new] == [True, False]
+    assert state.messages[2].to_dict()["stopped"] is True
+    assert "stopped" not in state.messages[3].to_dict()
+
+
+def test_run_events_pass_through_python_consumers_untouched(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`run.*` frames (and any kind a newer bridge adds) carry no seq: the subscription
+    yields them as they are without moving its resume point, and `tail` prints nothing."""
+    sub = Subscription("ws://127.0.0.1:1", "s", after=4)
+    frames: list[dict[str, Any]] = [
+        {"event": "run.start", "run_id": "ab", "reply_to": 4},
+        {"event": "run.step", "run_id": "ab", "label": "Calling search…"},
+        {"event": "run.end", "run_id": "ab", "outcome": "error", "reason": "down"},
+        {"event": "something.new", "seq": 99},
+    ]
+    for frame in frames:
+        assert list(sub._handle(frame)) == [frame]
+    assert sub.last_seq == 4
+    for frame in frames:
+        _print_event(frame)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_models_read_the_bridge_json() -> None:
