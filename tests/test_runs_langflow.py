@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import StartApp, StartBridge
 from tests.lfx_support import LFX_GROUP, RunningLfx, StartLfx
+from tests.redis_support import new_prefix, store_url, wipe
 from tests.wsclient import recv, recv_until, ws_connect
 
 pytest_plugins = ["tests.lfx_support"]
@@ -221,3 +222,177 @@ async def test_sessions_run_at_once_and_each_in_order(
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await asyncio.sleep(0.02)  # re-check after the watchers ran; bounded by wait_for
+
+
+def reply_records(lfx: RunningLfx, session: str) -> list[dict[str, Any]]:
+    """The flow model's trace records of the session's replies."""
+    return [r for r in lfx.trace() if r.get("session_id") == session]
+
+
+@LFX_GROUP
+async def test_stop_mid_reply_stores_the_partial_and_cancels_the_lfx_run(
+    lfx_server: RunningLfx, start_app: StartApp
+) -> None:
+    app = start_app(env=run_env(lfx_server, "slow_chat"))
+    async with (
+        httpx.AsyncClient(base_url=app.url, timeout=30) as http,
+        ws_connect(app.ws_url, "halt") as ws,
+    ):
+        await recv(ws)
+        await say(http, "halt", "count for me")
+        # Stop once some of the counting has streamed.
+        text = ""
+        while " 3" not in text:
+            events = await recv_until(ws, lambda e: e["event"] == "stream.delta", 20)
+            text += "".join(e["delta"] for e in of(events, "stream.delta"))
+        await ws.send(json.dumps({"event": "stop"}))
+        events = await until_run_end(ws)
+        end = of(events, "stream.end")[0]["message"]
+        assert end["stopped"] is True
+        assert end["content"].startswith("You said: count for me 1 2 3"), end
+        assert not end["content"].endswith(" 200")
+        assert of(events, "run.end")[0]["outcome"] == "stopped"
+        assert (await history(http, "halt"))[-1] == end
+    # The request to lfx was closed, and lfx cancelled the run there.
+    lfx = lfx_server
+    await asyncio.wait_for(
+        _until(lambda: any(r["event"] != "start" for r in reply_records(lfx, "halt"))), 20
+    )
+    ended = [r["event"] for r in reply_records(lfx, "halt") if r["event"] != "start"]
+    assert ended[0] in ("cancelled", "closed"), ended
+
+
+async def test_langflow_down_is_reported_then_a_later_message_is_answered(
+    start_lfx: StartLfx, start_app: StartApp
+) -> None:
+    lfx = start_lfx()
+    lfx.stop()
+    app = start_app(env=run_env(lfx, "stream_chat"))
+    async with (
+        httpx.AsyncClient(base_url=app.url, timeout=30) as http,
+        ws_connect(app.ws_url, "down") as ws,
+    ):
+        await recv(ws)
+        await say(http, "down", "anyone there?")
+        end = of(await until_run_end(ws), "run.end")[0]
+        assert end["outcome"] == "error"
+        assert end["reason"] == (
+            f"The assistant is unavailable: cannot reach Langflow at {lfx.url}"
+        )
+        assert lfx.api_key not in end["reason"]
+        lfx.start()
+        await say(http, "down", "and now?")
+        events = await until_run_end(ws)
+        assert of(events, "run.end")[0]["outcome"] == "done"
+        stored = await history(http, "down")
+        assert [(m["role"], m["content"]) for m in stored[1:]] == [
+            ("user", "anyone there?"),
+            ("user", "and now?"),
+            ("ai", "You said: and now?"),
+        ]
+
+
+@LFX_GROUP
+async def test_a_wrong_flow_or_key_gets_langflow_own_error(
+    lfx_server: RunningLfx, start_app: StartApp
+) -> None:
+    wrong_flow = start_app(
+        env=run_env(lfx_server, "stream_chat", BRIDGE_FLOW="00000000-0000-0000-0000-000000000000")
+    )
+    wrong_key = start_app(
+        env=run_env(lfx_server, "stream_chat", BRIDGE_LANGFLOW_API_KEY="not-the-key")
+    )
+    for app in (wrong_flow, wrong_key):
+        async with (
+            httpx.AsyncClient(base_url=app.url, timeout=30) as http,
+            ws_connect(app.ws_url, "wrong") as ws,
+        ):
+            await recv(ws)
+            await say(http, "wrong", "hello?")
+            end = of(await until_run_end(ws), "run.end")[0]
+            assert end["outcome"] == "error"
+            assert end["reason"].startswith(
+                f"The assistant is unavailable: Langflow at {lfx_server.url} answered 4"
+            ), end
+            assert "not-the-key" not in end["reason"]
+
+
+async def test_a_silent_run_times_out(start_lfx: StartLfx, start_app: StartApp) -> None:
+    lfx = start_lfx(token_delay=30)  # slow_chat's counting: a token every 30 s
+    app = start_app(env=run_env(lfx, "slow_chat", BRIDGE_RUN_TIMEOUT_S="1"))
+    async with (
+        httpx.AsyncClient(base_url=app.url, timeout=30) as http,
+        ws_connect(app.ws_url, "silent") as ws,
+    ):
+        await recv(ws)
+        await say(http, "silent", "take your time")
+        end = of(await until_run_end(ws), "run.end")[0]
+        assert end["outcome"] == "error"
+        assert end["reason"] == (
+            f"The assistant did not answer: Langflow at {lfx.url} sent nothing for 1 s "
+            "(BRIDGE_RUN_TIMEOUT_S)"
+        )
+        assert [m["role"] for m in (await history(http, "silent"))[1:]] == ["user"]
+
+
+@LFX_GROUP
+async def test_kill_9_mid_run_the_message_is_answered_once_after_restart(
+    lfx_server: RunningLfx, start_bridge: StartBridge
+) -> None:
+    bridge = start_bridge("sqlite", env=run_env(lfx_server, "slow_chat", BRIDGE_LISTEN_LEASE_S="2"))
+    async with httpx.AsyncClient(base_url=bridge.url, timeout=30) as http:
+        async with ws_connect(bridge.ws_url, "crash") as ws:
+            await recv(ws)
+            await say(http, "crash", "survive this")
+            await recv_until(ws, lambda e: e["event"] == "stream.delta", 20)  # mid-run
+            bridge.kill()
+        bridge.start()  # the same SQLite file: the message's lease runs out, it runs again
+        stored = await wait_for_reply(http, "crash", 1, timeout=60)
+        reply = stored[-1]
+        assert reply["role"] == "ai" and "stopped" not in reply
+        assert reply["content"].startswith("You said: survive this 1 2 3")
+        assert reply["content"].endswith(" 199 200")
+        # Answered once: the next message is answered after it, and nothing else was.
+        await say(http, "crash", "and then")
+        stored = await wait_for_reply(http, "crash", 2, timeout=60)
+        assert [(m["role"], m["content"].split(" 1 ")[0]) for m in stored[1:]] == [
+            ("user", "survive this"),
+            ("ai", "You said: survive this"),
+            ("user", "and then"),
+            ("ai", "You said: and then"),
+        ]
+    starts = [r for r in reply_records(lfx_server, "crash") if r["event"] == "start"]
+    assert [r["input"] for r in starts] == ["survive this", "survive this", "and then"]
+
+
+@pytest.mark.redis
+@LFX_GROUP
+async def test_two_instances_on_redis_run_each_message_once(
+    lfx_server: RunningLfx, start_bridge: StartBridge
+) -> None:
+    prefix = new_prefix("runs")
+    env = run_env(lfx_server, "stream_chat")
+    bridges = [start_bridge(store_url(prefix), env=env) for _ in range(2)]
+    sessions = [f"shared-{prefix}-{n}" for n in range(4)]
+    try:
+        async with (
+            httpx.AsyncClient(base_url=bridges[0].url, timeout=30) as one,
+            httpx.AsyncClient(base_url=bridges[1].url, timeout=30) as two,
+        ):
+            for turn in range(3):
+                await asyncio.gather(
+                    *(
+                        say((one, two)[(n + turn) % 2], session, f"m{turn} of {n}")
+                        for n, session in enumerate(sessions)
+                    )
+                )
+            for n, session in enumerate(sessions):
+                stored = await wait_for_reply(one, session, 3, timeout=60)
+                replies = [m["content"] for m in stored if m["role"] == "ai"][1:]
+                assert replies == [f"You said: m{turn} of {n}" for turn in range(3)]
+        starts = [
+            r for s in sessions for r in reply_records(lfx_server, s) if r["event"] == "start"
+        ]
+        assert len(starts) == 12  # one run per message, whichever instance took it
+    finally:
+        await wipe(prefix)

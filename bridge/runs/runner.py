@@ -38,7 +38,7 @@ __all__ = ["Runner"]
 log = logging.getLogger("bridge.runs")
 
 _ERROR_BODY_MAX = 4096  # of an HTTP error answer, read for its message
-_IDLE_WAIT_S = 3600.0  # a worker's wait for work, renewed; the board wakes it earlier
+_IDLE_WAIT_S = 3600.0  # a worker's wait for work when leases are off
 
 
 class Runner:
@@ -99,9 +99,15 @@ class Runner:
 
     async def _work(self) -> None:
         service = self._service
+        # New messages wake a worker at once; a lease that runs out does so only on the
+        # instance that granted it, and that one may have died (kill -9, a crash). So a
+        # worker also looks again every half lease: a dead run's message is run again
+        # within 1.5 leases of the claim, by whichever instance looks first.
+        lease = self._settings.listen_lease_s
+        idle = max(1.0, lease / 2) if lease > 0 else _IDLE_WAIT_S
         while not self._stopping:
             try:
-                claimed = await service.next_run(_IDLE_WAIT_S)
+                claimed = await service.next_run(idle)
             except BridgeError as exc:  # the store failed: try again shortly
                 log.warning("runs: cannot take the next message: %s", exc.detail)
                 await asyncio.sleep(1.0)  # back off before asking the store again
