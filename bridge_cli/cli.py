@@ -7,6 +7,7 @@
     streamlit-bridge chat [--port 5001]                           the Streamlit chat page
     streamlit-bridge demo-bot                                     a bot that streams replies
     streamlit-bridge up                                           bridge + page + bot
+    streamlit-bridge up --langflow-url URL --flow ID              bridge + page, a flow answers
 
 Clients find the bridge by `--bridge URL` or `BRIDGE_URL` (default http://127.0.0.1:7881).
 `chat` and `up` need the `page` extra (Streamlit); without it they say so and exit 2.
@@ -20,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bridge.cli import add_serve_arguments
+from bridge.cli import add_run_arguments, add_serve_arguments, run_overrides
 from bridge.cli import serve as run_serve
 from bridge.wire import DEFAULT_BRIDGE_URL, DEFAULT_HOST, DEFAULT_PAGE_PORT, DEFAULT_PORT
 
@@ -88,11 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     client("demo-bot", "answer user messages by streaming a reply word by word")
 
     up = sub.add_parser(
-        "up", help="start the bridge, the chat page and the demo bot (needs the page extra)"
+        "up",
+        help="start the bridge, the chat page and the demo bot, or a flow or agent that "
+        "answers instead (--langflow-url/--flow, --agent-url); needs the page extra",
     )
     up.add_argument("--port", type=int, default=DEFAULT_PORT, help="bridge port")
     up.add_argument("--chat-port", type=int, default=DEFAULT_PAGE_PORT)
     up.add_argument("--store", default=None, help="bridge store URL")
+    add_run_arguments(up)
     return parser
 
 
@@ -113,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             from bridge_cli.up import up
 
-            return up(args.port, args.chat_port, args.store)
+            return up(args.port, args.chat_port, args.store, run_overrides(args))
         url = (args.bridge or env.get("BRIDGE_URL") or DEFAULT_BRIDGE_URL).rstrip("/")
         api_key = args.api_key or env.get("BRIDGE_API_KEY") or None
         if args.command == "chat":

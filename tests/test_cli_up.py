@@ -25,10 +25,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
+from tests.lfx_support import LFX_GROUP, RunningLfx
 from tests.support import ROOT, RunningBridge, bridge_env, free_port, wait_until
 from tests.wsclient import recv, recv_until
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.lfx_support"]
 
 START_S = 60  # bound of every wait for a process to answer (Streamlit starts slowest)
 
@@ -226,3 +228,28 @@ async def test_chat_command_serves_the_page_and_stops_with_its_streamlit(
         os.killpg(chat.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
     await asyncio.to_thread(chat.proc.wait, 30)
     _all_gone(children, f"the chat command's Streamlit after {stop}")
+
+
+@LFX_GROUP
+async def test_up_with_a_flow_answers_with_it_instead_of_the_demo_bot(
+    commands: list[Command], tmp_path: Path, lfx_server: RunningLfx
+) -> None:
+    port, chat_port = free_port(), free_port()
+    bridge_url = f"http://127.0.0.1:{port}"
+    args = ["up", "--port", str(port), "--chat-port", str(chat_port), "--store", "memory://"]
+    args += ["--langflow-url", lfx_server.url, "--flow", lfx_server.flow_ids["stream_chat"]]
+    # The key through the environment, as docs/langflow.md advises (`ps` shows arguments).
+    up = Command(
+        args, tmp_path / "up.log", env=bridge_env(BRIDGE_LANGFLOW_API_KEY=lfx_server.api_key)
+    )
+    commands.append(up)
+    await asyncio.to_thread(
+        wait_until, lambda: up.answers(f"{bridge_url}/healthz"), START_S, "the bridge of `up`"
+    )
+    events = await _streamed_reply(bridge_url, "up-flow", "hello flow")
+    assert events[-1]["message"]["content"] == "You said: hello flow"
+    assert any(e["event"] == "run.start" for e in events)
+    names = " ".join(" ".join(p.cmdline()) for p in up.descendants())
+    assert "bridge chat" in names and "demo-bot" not in names, names
+    assert lfx_server.api_key not in up.log()
+    assert "the flow on" in up.log()
