@@ -106,6 +106,10 @@ async def _bridge_error(request: Request, exc: Exception) -> Response:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
     if exc.status >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
+    if request.url.path.endswith("/messages/stream"):
+        # The streamed body may still be coming: close after the answer, so that a
+        # producer that only reads once it has sent everything fails at its next write.
+        headers = {**(headers or {}), "connection": "close"}
     return json_response({"detail": exc.detail}, exc.status, headers)
 
 

@@ -101,7 +101,9 @@ class BridgeService:
         self._background: set[asyncio.Task[None]] = set()
         # The stop signal of each reply streaming through this instance, by session: a
         # stop (from any instance, through the broker) resolves every one of them.
-        self._stops: dict[str, set[asyncio.Future[None]]] = {}
+        # The future's result says why: `_STOP` (store what came) or "reset" (the session
+        # was deleted: store nothing, or the reply would create it again).
+        self._stops: dict[str, set[asyncio.Future[str]]] = {}
         self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -147,10 +149,10 @@ class BridgeService:
     def _on_event(self, event: Event) -> None:
         kind = event.kind
         if kind == _STOP:  # an instruction between instances, not a frame for tabs
-            for stop in self._stops.get(event.session_id, ()):
-                if not stop.done():
-                    stop.set_result(None)
+            self._end_streams(event.session_id, _STOP)
             return
+        if kind == "reset":
+            self._end_streams(event.session_id, "reset")
         self._hub.dispatch(event)
         if event.user_message:
             self._listen.notify(event.session_id)
@@ -159,6 +161,17 @@ class BridgeService:
             self._listen.notify(event.session_id)
         elif kind == "template":
             self._template = Template.model_validate(event.data["template"])
+
+    def _end_streams(self, session_id: str, why: str) -> None:
+        ended = (
+            self._stops.values()
+            if session_id == ALL_SESSIONS
+            else (self._stops.get(session_id, ()),)
+        )
+        for stops in ended:
+            for stop in stops:
+                if not stop.done():
+                    stop.set_result(why)
 
     @property
     def template(self) -> Template:
@@ -365,7 +378,7 @@ class BridgeService:
         await self.ensure_session(session_id)
         stream_id = uuid.uuid4().hex
         started = {"run_id": run_id} if run_id else {}
-        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         stops = self._stops.setdefault(session_id, set())
         stops.add(stop)
         try:
@@ -398,7 +411,7 @@ class BridgeService:
         session_id: str,
         stream_id: str,
         chunks: AsyncIterator[str],
-        stop: asyncio.Future[None],
+        stop: asyncio.Future[str],
         idle_timeout: tuple[float, str] | None,
     ) -> tuple[str, bool]:
         """Publish `chunks` as `stream.delta` events; return the whole text and whether
@@ -447,6 +460,8 @@ class BridgeService:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 now = loop.time()
+                if stop.done() and stop.result() == "reset":
+                    raise NotFound(f"session {session_id!r} was deleted during the reply")
                 if reading not in done and stop.done():
                     stopped = True
                     break

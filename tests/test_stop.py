@@ -176,3 +176,27 @@ def test_bad_stop_requests_are_refused(bridge: RunningBridge) -> None:
         bad = http.post("/api/v1/sessions/" + "x" * 300 + "/stop")
         assert bad.status_code in (404, 422)
         assert "detail" in bad.json()
+
+
+async def test_deleting_the_session_aborts_its_stream_and_stores_nothing(
+    app_bridge: InProcessBridge,
+) -> None:
+    producer = Producer(["about to vanish"])
+    async with (
+        httpx.AsyncClient(base_url=app_bridge.url, timeout=20) as http,
+        ws_connect(app_bridge.ws_url, "gone") as viewer,
+    ):
+        await recv(viewer)
+        posting = asyncio.create_task(
+            http.post(
+                "/api/v1/sessions/gone/messages/stream",
+                content=producer.body(),
+                headers={"content-type": "application/x-ndjson"},
+            )
+        )
+        await streamed_text(viewer, "about to vanish")
+        assert (await http.delete("/api/v1/sessions/gone")).status_code == 200
+        ended = await answered(posting, producer)
+        assert "was deleted during the reply" in ended or "Error" in ended, ended
+        # The reply did not bring the session back.
+        assert (await http.get("/api/v1/sessions/gone")).status_code == 404
