@@ -443,3 +443,35 @@ async def test_api_key_is_sent_and_a_missing_key_is_explained(start_bridge: Any)
         "send", base_url=keyed.url, session_id="auth-1", message="x", api_key="k-123"
     )
     assert json.loads((await with_key.text_response()).text)["content"] == "x"
+
+
+async def test_stop_in_the_chat_ends_the_stream_component_and_its_model(
+    shared_bridge: RunningBridge,
+) -> None:
+    """Stop (here over HTTP, as the page's button does over its socket) cuts the reply:
+    the component returns the stored partial reply and asks the model for nothing more."""
+    gate = asyncio.Event()
+    produced: list[str] = []
+    words = " ".join(f"w{n}" for n in range(60))  # more than a closed socket accepts
+    model = gated_fake_model(words, gate, produced)
+    async with subscribe(shared_bridge, "stream-stop") as tab:
+        stream = make_component(
+            "stream",
+            base_url=shared_bridge.url,
+            session_id="stream-stop",
+            model=model,
+            input_value="go on",
+        )
+        streaming = asyncio.create_task(stream.stream_response())
+        await tab.next_event("stream.delta")  # the model is held after its first chunk
+        async with httpx.AsyncClient(base_url=shared_bridge.url, timeout=WAIT) as http:
+            assert (await http.post("/api/v1/sessions/stream-stop/stop")).status_code == 200
+        end = await tab.next_event("stream.end")
+        assert end["message"]["stopped"] is True and end["message"]["content"] == "w0"
+        gate.set()  # the model may go on: the component must not pass more to the bridge
+        async with asyncio.timeout(WAIT):
+            result = await streaming
+    assert result.text == "w0"
+    assert "Stopped in the chat after" in str(stream.status)
+    assert "<done>" not in produced  # the model's stream was closed, not drained
+    assert history(shared_bridge, "stream-stop")[-1]["content"] == "w0"

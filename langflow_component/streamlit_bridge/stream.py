@@ -369,6 +369,7 @@ class StreamlitBridgeStream(Component):
 
         model_failure: list[BaseException] = []
         chunks_sent = 0
+        sent: list[str] = []
 
         async def ndjson_body() -> AsyncIterator[bytes]:
             """The request body: one `{"delta": ...}` line per model chunk, as it is produced."""
@@ -380,6 +381,7 @@ class StreamlitBridgeStream(Component):
                     text = _chunk_text(chunk)
                     if text:
                         chunks_sent += 1
+                        sent.append(text)
                         yield (json.dumps({"delta": text}) + "\n").encode()
             except Exception as exc:
                 model_failure.append(exc)
@@ -403,13 +405,43 @@ class StreamlitBridgeStream(Component):
                     f"The language model failed after {chunks_sent} chunk(s) were streamed: "
                     f"{type(cause).__name__}: {cause}"
                 ) from cause
-            raise exc from None
+            stopped = await self._stopped_reply(base, session_path, "".join(sent))
+            if stopped is None:
+                raise exc from None
+            # A user pressed Stop: the bridge stored the reply so far and closed the
+            # request, and the model was not asked for more (its stream was closed).
+            self.status = (
+                f"Stopped in the chat after {chunks_sent} chunk(s); the partial reply is "
+                f"stored as #{stopped.get('seq')}."
+            )
+            return Message(text=str(stopped.get("content", "")))
         stored = response.json()
         text = str(stored.get("content", "")) if isinstance(stored, dict) else ""
         self.status = f"Streamed {chunks_sent} chunk(s), stored as #{stored.get('seq')}."
         if session_note:
             self.status += " " + session_note
         return Message(text=text)
+
+    async def _stopped_reply(
+        self, base: str, session_path: str, sent: str
+    ) -> dict[str, Any] | None:
+        """The session's newest `ai` message if it is this reply cut by Stop (marked
+        `stopped`, its text a beginning of what was sent), else None."""
+        try:
+            response = await _bridge_request(
+                "GET",
+                base,
+                session_path + "/messages/last",
+                api_key=self.api_key,
+                params={"role": "ai"},
+            )
+            last = response.json()
+        except Exception:  # the original error is the one to report
+            return None
+        if not isinstance(last, dict) or last.get("stopped") is not True:
+            return None
+        content = last.get("content")
+        return last if isinstance(content, str) and sent.startswith(content) else None
 
     def _model_input(self) -> list[Any]:
         """Chat messages for the model: the system message (if any), then the prompt."""
