@@ -56,7 +56,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--langflow-url",
         help="Langflow server or `lfx serve` to run the flow on (BRIDGE_LANGFLOW_URL)",
     )
-    runs.add_argument("--flow", help="id or endpoint name of the flow to run (BRIDGE_FLOW)")
+    runs.add_argument("--flow", help="id (UUID) of the flow to run (BRIDGE_FLOW)")
     runs.add_argument(
         "--langflow-api-key", help="Langflow API key, sent as x-api-key (BRIDGE_LANGFLOW_API_KEY)"
     )

@@ -8,6 +8,7 @@ Flags win over the environment, the environment over the defaults. Every limit i
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -161,13 +162,18 @@ class Settings:
             )
         if self.langflow_url and not self.flow:
             raise InvalidInput(
-                "--langflow-url needs --flow (BRIDGE_FLOW): the id or endpoint name of the "
-                "flow to run for each user message"
+                "--langflow-url needs --flow (BRIDGE_FLOW): the id of the flow to run for "
+                "each user message"
             )
         if self.runs and self.runs_max > self.listen_waiters_max:
             raise InvalidInput(
                 f"setting runs_max={self.runs_max} is above listen_waiters_max="
                 f"{self.listen_waiters_max}: each run waits for work as a Listen consumer"
+            )
+        if self.flow and not _is_uuid(self.flow):
+            raise InvalidInput(
+                f"--flow {self.flow[:60]!r} is not a flow id: Langflow's /api/v2/workflows "
+                "takes the flow's UUID (in the editor's URL, /flow/<id>, or its API panel)"
             )
         if self.flow and not self.langflow_url:
             raise InvalidInput("--flow needs --langflow-url (BRIDGE_LANGFLOW_URL)")
@@ -195,6 +201,14 @@ class Settings:
         if self.allowed_hosts:
             return self.allowed_hosts
         return ("localhost", "127.0.0.1", "[::1]", "::1") if self.on_loopback else ("*",)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _field_type(f: dataclasses.Field[Any]) -> str:

@@ -1,13 +1,19 @@
-"""`bridge.runs.sse` and `bridge.runs.agui`: SSE framing and what AG-UI events mean."""
+"""`bridge.runs`: SSE framing, what AG-UI events mean, error bodies, the run settings."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import pytest
 
+from bridge.errors import InvalidInput
 from bridge.runs.agui import Progress, RunFailed, Step
+from bridge.runs.sources import AguiAgent, LangflowFlow, error_text, source_for
 from bridge.runs.sse import EventTooLarge, sse_data
+from bridge.settings import Settings
+
+FLOW = "6f1d0c2e-0000-4000-8000-000000000001"
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -112,3 +118,72 @@ def test_step_names_are_tidied_and_bounded() -> None:
         "Running a b…"
     )
     assert progress.feed('{"type": "TOOL_CALL_START"}') == Step("Calling a tool…")
+
+
+def test_error_text_reads_the_usual_error_bodies() -> None:
+    assert error_text(b'{"detail": "Invalid API key"}') == "Invalid API key"
+    assert (
+        error_text(b'{"detail": {"error": "x", "message": "Flow not found"}}') == "Flow not found"
+    )
+    validation = b'{"detail": [{"loc": ["body"], "msg": "Invalid flow_id, must be a UUID"}]}'
+    assert error_text(validation) == "Invalid flow_id, must be a UUID"
+    assert error_text(b"Bad gateway\nmore") == "Bad gateway"
+    assert error_text(b"") == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"BRIDGE_LANGFLOW_URL": "http://x"}, "needs --flow"),
+        ({"BRIDGE_FLOW": "6f1d0c2e-0000-4000-8000-000000000001"}, "needs --langflow-url"),
+        ({"BRIDGE_LANGFLOW_URL": "http://x", "BRIDGE_FLOW": "my-endpoint"}, "is not a flow id"),
+        ({"BRIDGE_LANGFLOW_URL": "ftp://x", "BRIDGE_FLOW": FLOW}, "not an http"),
+        (
+            {
+                "BRIDGE_AGENT_URL": "http://a",
+                "BRIDGE_LANGFLOW_URL": "http://x",
+                "BRIDGE_FLOW": FLOW,
+            },
+            "not both",
+        ),
+        ({"BRIDGE_AGENT_URL": "http://a", "BRIDGE_AGENT_HEADER": "no colon"}, "'Name: value'"),
+        ({"BRIDGE_AGENT_URL": "http://a", "BRIDGE_RUNS_MAX": "0"}, "runs_max=0"),
+        (
+            {
+                "BRIDGE_AGENT_URL": "http://a",
+                "BRIDGE_RUNS_MAX": "50",
+                "BRIDGE_LISTEN_WAITERS_MAX": "10",
+            },
+            "above listen_waiters_max",
+        ),
+    ],
+)
+def test_run_settings_are_checked(env: dict[str, str], complaint: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(complaint)):
+        Settings.load(env)
+
+
+def test_run_settings_pick_the_source_and_hide_secrets() -> None:
+    settings = Settings.load(
+        {
+            "BRIDGE_LANGFLOW_URL": "http://lf:7860/",
+            "BRIDGE_FLOW": FLOW,
+            "BRIDGE_LANGFLOW_API_KEY": "sk-secret",
+        }
+    )
+    assert settings.runs and "sk-secret" not in repr(settings)
+    source = source_for(settings)
+    assert isinstance(source, LangflowFlow) and "sk-secret" not in repr(source)
+    agent = source_for(
+        Settings.load(
+            {
+                "BRIDGE_AGENT_URL": "http://a/",
+                "BRIDGE_AGENT_HEADER": "Authorization: Bearer t, X-A: b",
+            }
+        )
+    )
+    assert isinstance(agent, AguiAgent)
+    assert agent.headers == {"Authorization": "Bearer t", "X-A": "b"} and "Bearer" not in repr(
+        agent
+    )
+    assert source_for(Settings.load({})) is None

@@ -161,6 +161,10 @@ def error_text(body: bytes) -> str:
             value = data.get(name)
             if isinstance(value, str) and value.strip():
                 return value.strip()[:300]
-            if isinstance(value, dict | list):
-                return json.dumps(value)[:300]
+            if isinstance(value, list):  # FastAPI's validation errors: their messages
+                msgs = [str(v.get("msg")) for v in value if isinstance(v, dict) and v.get("msg")]
+                return ("; ".join(msgs) or json.dumps(value))[:300]
+            if isinstance(value, dict):
+                inner = value.get("message") or value.get("error")
+                return (str(inner) if inner else json.dumps(value))[:300]
     return text[:300]
