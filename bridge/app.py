@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     service = BridgeService(settings, storage, broker, hub, metrics)
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     source = source_for(settings)
-    runner = Runner(service, source, settings) if source is not None else None
+    runner = Runner(service, source, settings, metrics) if source is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -35,6 +35,15 @@ class Metrics:
         self.listen_waiting = Gauge(
             "bridge_listen_waiting", "Listen calls waiting for a user message.", registry=r
         )
+        self.runs_active = Gauge(
+            "bridge_runs_active", "Runs of the flow or agent under way here.", registry=r
+        )
+        self.runs = Counter(
+            "bridge_runs",
+            "Runs ended here, by outcome (done, stopped, error, given_back).",
+            ["outcome"],
+            registry=r,
+        )
         self.publish_to_send = Histogram(
             "bridge_publish_to_send_seconds",
             "From accepting an event to handing it to the last local subscriber.",

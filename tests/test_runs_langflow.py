@@ -102,6 +102,9 @@ async def test_reply_streams_in_order_and_is_stored_once(
             ("user", "hello there, bridge"),
             ("ai", reply),
         ]
+        metrics = (await http.get("/metrics")).text
+        assert 'bridge_runs_total{outcome="done"} 1.0' in metrics
+        assert "bridge_runs_active 0.0" in metrics
         # Listen is off while the bridge answers by itself (it would steal messages).
         listen = await http.get("/api/v1/listen/message", params={"timeout": 0})
         assert listen.status_code == 409 and "answers user messages itself" in listen.text

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from bridge.errors import BridgeError, TimedOut
+from bridge.metrics import Metrics
 from bridge.models import StoredMessage
 from bridge.runs.agui import Progress, RunFailed, Step
 from bridge.runs.sources import RunSource, error_text
@@ -49,9 +50,11 @@ class Runner:
         service: BridgeService,
         source: RunSource,
         settings: Settings,
+        metrics: Metrics,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._service = service
+        self._metrics = metrics
         self._source = source
         self._settings = settings
         self._transport = transport
@@ -125,6 +128,7 @@ class Runner:
         run_id = uuid.uuid4().hex
         outcome, reason = "done", ""
         renewing = asyncio.create_task(self._renew(claimed))
+        self._metrics.runs_active.inc()
         try:
             await service.publish_run(session_id, "run.start", run_id=run_id, reply_to=message.seq)
             history = await service.run_history(message) if self._source.needs_history else []
@@ -140,6 +144,7 @@ class Runner:
                 outcome = "stopped"
         except asyncio.CancelledError:
             # The bridge is stopping: the message is run again when a bridge is back.
+            outcome = "given_back"
             await asyncio.shield(self._give_back(claimed, session_id, run_id))
             raise
         except RunFailed as exc:
@@ -159,6 +164,8 @@ class Runner:
             outcome, reason = "error", "The bridge failed while running the assistant."
         finally:
             renewing.cancel()
+            self._metrics.runs_active.dec()
+            self._metrics.runs.labels(outcome).inc()
         if outcome == "error":
             log.info("run %s of session %r: %s", run_id, session_id, reason)
             try:
