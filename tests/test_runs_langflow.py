@@ -399,3 +399,20 @@ async def test_two_instances_on_redis_run_each_message_once(
         assert len(starts) == 12  # one run per message, whichever instance took it
     finally:
         await wipe(prefix)
+
+
+@LFX_GROUP
+async def test_a_model_that_does_not_stream_gives_its_reply_whole(
+    lfx_server: RunningLfx, start_app: StartApp
+) -> None:
+    app = start_app(env=run_env(lfx_server, "whole_chat"))
+    async with (
+        httpx.AsyncClient(base_url=app.url, timeout=30) as http,
+        ws_connect(app.ws_url, "whole") as ws,
+    ):
+        await recv(ws)
+        await say(http, "whole", "all at once")
+        events = await until_run_end(ws)
+        assert [e["delta"] for e in of(events, "stream.delta")] == ["You said: all at once"]
+        assert of(events, "stream.end")[0]["message"]["content"] == "You said: all at once"
+        assert of(events, "run.end")[0]["outcome"] == "done"

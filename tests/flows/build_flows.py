@@ -29,6 +29,7 @@ FLOW_IDS = {
     "failing": "5b1e0c4e-7a52-4a8e-9d3c-0000000000a3",
     "slow_chat": "5b1e0c4e-7a52-4a8e-9d3c-0000000000a4",
     "failing_midway": "5b1e0c4e-7a52-4a8e-9d3c-0000000000a5",
+    "whole_chat": "5b1e0c4e-7a52-4a8e-9d3c-0000000000a6",
 }
 
 # What each flow's model does (inputs of components/scripted_chat_model.py).
@@ -38,6 +39,7 @@ FLOW_MODELS: dict[str, dict[str, Any]] = {
     "failing": {"fail_after": 0},
     "slow_chat": {"extra_tokens": 200, "token_delay": 0.05},
     "failing_midway": {"fail_after": 3},
+    "whole_chat": {"stream": False},
 }
 
 DESCRIPTIONS = {
@@ -48,6 +50,7 @@ DESCRIPTIONS = {
     "(LFX_TEST_TOKEN_DELAY overrides)",
     "failing_midway": "The model streams 'You said: ' and the input's first word, then raises "
     "RuntimeError('the model exploded')",
+    "whole_chat": "Like stream_chat with the model's Stream switch off: the reply comes whole",
 }
 
 MODEL_SOURCE = COMPONENTS_DIR / "scripted_chat_model.py"
