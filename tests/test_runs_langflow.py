@@ -416,3 +416,28 @@ async def test_a_model_that_does_not_stream_gives_its_reply_whole(
         assert [e["delta"] for e in of(events, "stream.delta")] == ["You said: all at once"]
         assert of(events, "stream.end")[0]["message"]["content"] == "You said: all at once"
         assert of(events, "run.end")[0]["outcome"] == "done"
+
+
+@LFX_GROUP
+async def test_messages_stored_while_no_runner_ran_or_cut_by_a_restart_are_answered(
+    lfx_server: RunningLfx, start_bridge: StartBridge
+) -> None:
+    plain = start_bridge("sqlite")  # no runner: the message waits in the store
+    async with httpx.AsyncClient(base_url=plain.url, timeout=30) as http:
+        await say(http, "later", "answer me when you can")
+    plain.stop()
+    runner = start_bridge("sqlite", env=run_env(lfx_server, "slow_chat"))
+    async with httpx.AsyncClient(base_url=runner.url, timeout=30) as http:
+        async with ws_connect(runner.ws_url, "later") as ws:
+            await recv(ws)
+            # Answered on its own; a graceful restart (SIGTERM) in the middle gives the
+            # message back, and the restarted bridge runs it again at once.
+            await recv_until(ws, lambda e: e["event"] == "stream.delta", 30)
+        runner.stop()
+        runner.start()
+        stored = await wait_for_reply(http, "later", 1, timeout=60)
+    assert [(m["role"], m["content"][:32]) for m in stored[1:]] == [
+        ("user", "answer me when you can"),
+        ("ai", "You said: answer me when you can"),
+    ]
+    assert stored[-1]["content"].endswith(" 200")
