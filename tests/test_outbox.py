@@ -205,3 +205,94 @@ async def test_send_refuses_once_closed() -> None:
     with pytest.raises(OutboxClosed):
         await outbox.send(m("after"))
     assert sock.sent == ["before"]
+
+
+# Below the outbox: the server's `send`, which writes a text frame to an open socket in
+# one step (bridge/server.py). Here rather than in a test module of its own because it is
+# the other half of the outbox's inline write.
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_text_frame_is_what_websockets_writes(size: int) -> None:
+    from websockets.frames import Frame, Opcode
+
+    from bridge.server import text_frame
+
+    for text in ("x" * size, ("é" * size)[: max(0, size // 2)]):
+        expected = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+        assert text_frame(text) == expected
+
+
+class _Transport(asyncio.Transport):
+    """Takes every write; `pause_writing`/`resume_writing` are driven by the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_server_send_writes_frames_in_order_and_waits_while_paused() -> None:
+    """The shortcut writes the same bytes as uvicorn's path, in order with frames that take
+    uvicorn's path (binary, close), and waits like it while the transport is paused."""
+    import uvicorn
+    from uvicorn.server import ServerState
+    from websockets.frames import Frame, Opcode
+
+    from bridge.server import _protocol_class, text_frame
+
+    texts = ["hello", "é" * 200, "x" * 70_000]
+    go = asyncio.Event()
+    sent = asyncio.Event()
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        assert callable(send)
+        await send({"type": "websocket.accept"})
+        await go.wait()
+        await send({"type": "websocket.send", "text": texts[0]})
+        await send({"type": "websocket.send", "bytes": b"\x00\x01"})
+        for text in texts[1:]:
+            await send({"type": "websocket.send", "text": text})
+        sent.set()
+        await send({"type": "websocket.close", "code": 1000})
+
+    config = uvicorn.Config(app, ws_per_message_deflate=False, log_level="warning")
+    config.load()
+    protocol = _protocol_class(10.0)(config=config, server_state=ServerState(), app_state={})
+    transport = _Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with asyncio.timeout(5):
+        while b"\r\n\r\n" not in transport.data:
+            await asyncio.sleep(0)  # poll: the handshake answer is written by the app's task
+    handshake = len(transport.data)
+    protocol.pause_writing()
+    go.set()
+    for _ in range(20):
+        await asyncio.sleep(0)  # let the app run up to the paused gate
+    assert len(transport.data) == handshake and not sent.is_set()
+    protocol.resume_writing()
+    async with asyncio.timeout(5):
+        await sent.wait()
+    binary = Frame(Opcode.BINARY, b"\x00\x01").serialize(mask=False, extensions=[])
+    expected = text_frame(texts[0]) + binary + b"".join(text_frame(t) for t in texts[1:])
+    assert bytes(transport.data[handshake : handshake + len(expected)]) == expected
+    protocol.connection_lost(None)
