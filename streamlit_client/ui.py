@@ -1,12 +1,14 @@
 """`chat()`: the whole bridge chat in any Streamlit page with one call.
 
 ```python
-import streamlit as st
 from streamlit_client import chat
 
-st.title("Support")
-chat("http://127.0.0.1:7881")
+chat("http://127.0.0.1:7881", title="Support")
 ```
+
+Around the chat, by default: a title, and a sidebar with "New chat", the chats this
+browser opened (by their first words) and the connection state (`streamlit_client.chats`).
+`title=None` and `sidebar=False` leave them out, for pages that have their own.
 
 How a page run is split (measured in docs/push-approaches.md): the full run draws the
 history once (older messages collapsed) and the chat input; the live part, in an
@@ -29,6 +31,7 @@ from functools import partial
 import httpx
 import streamlit as st
 
+from streamlit_client.chats import draw_sidebar
 from streamlit_client.client import BridgeClient, BridgeHTTPError, ws_base
 from streamlit_client.component import mount_listener
 from streamlit_client.config import ChatConfig, carries_prefix, new_session_id, user_prefix
@@ -51,6 +54,8 @@ def chat(
     history_limit: int | None = None,
     bind_user: bool | None = None,
     key: str = "bridge_chat",
+    title: str | None = "Chat",
+    sidebar: bool = True,
 ) -> str:
     """Draw the chat of one bridge session and keep it live; returns the session id.
 
@@ -62,6 +67,12 @@ def chat(
     authenticating proxy sets, `BRIDGE_CHAT_USER_HEADER`); it needs an API key. New ids
     then carry the user's prefix, and any other id, from `?session=` or `session_id`,
     is refused: an error is shown, no token is minted and no socket opened.
+
+    `title` is drawn above the chat (`st.title`; None: none). With `sidebar`, the
+    sidebar holds "New chat", the chats this browser opened, newest first, to switch
+    between, and the connection state; with an explicit `session_id` the caller picks the
+    session, so only the connection state is shown. Use `sidebar=False` for all but one
+    chat of a page.
     """
     env = ChatConfig.from_env()
     config = ChatConfig(
@@ -73,17 +84,31 @@ def chat(
         user_header=env.user_header,
         user_claim=env.user_claim,
     )
+    if title:
+        st.title(title)
     prefix = _owner_prefix(key, config) if config.bind_user else None
     if config.bind_user and prefix is None:
         st.stop()
     client = _client(config.bridge_url, config.api_key)
+    chrome = partial(
+        draw_sidebar,
+        key,
+        client,
+        browser_url=config.browser_url,
+        prefix=prefix,
+        switchable=session_id is None,
+    )
     state = _session_state(key, client, session_id, prefix)
     if state is None:
+        if sidebar:
+            chrome(state=None)  # the user's other chats, and whether the bridge answers
         st.stop()
 
     prompt = st.chat_input(state.template.input_msg, key=f"{key}.input")
     if prompt:
         _post(client, state, prompt)
+    if sidebar:
+        chrome(state=state)  # after the post: a first message names the chat at once
     state.start_full_run()
     draw_history(
         state.history(),
