@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,46 +18,25 @@ from websockets.asyncio.client import ClientConnection
 from tests.conftest import StartApp, StartBridge
 from tests.lfx_support import LFX_GROUP, RunningLfx, StartLfx
 from tests.redis_support import new_prefix, store_url, wipe
+from tests.runs_support import (
+    Event,
+    history,
+    of,
+    runner_env,
+    say,
+    until,
+    until_run_end,
+    wait_for_reply,
+)
 from tests.wsclient import recv, recv_until, ws_connect
 
 pytest_plugins = ["tests.lfx_support"]
 pytestmark = [pytest.mark.langflow, pytest.mark.slow]
 
-Event = dict[str, Any]
-
 
 def run_env(lfx: RunningLfx, flow: str, **extra: str) -> dict[str, str]:
     """A bridge that runs `flow` of `lfx` for each user message."""
-    return {
-        "BRIDGE_LANGFLOW_URL": lfx.url,
-        "BRIDGE_FLOW": lfx.flow_ids[flow],
-        "BRIDGE_LANGFLOW_API_KEY": lfx.api_key,
-        **extra,
-    }
-
-
-async def say(http: httpx.AsyncClient, session: str, text: str) -> int:
-    """Post a user message; its seq."""
-    resp = await http.post(
-        f"/api/v1/sessions/{session}/messages", json={"role": "user", "content": text}
-    )
-    assert resp.status_code == 200, resp.text
-    return int(resp.json()["seq"])
-
-
-async def until_run_end(ws: ClientConnection, timeout: float = 30.0) -> list[Event]:
-    """Every event up to the next `run.end`."""
-    return await recv_until(ws, lambda e: e["event"] == "run.end", timeout)
-
-
-def of(events: list[Event], kind: str) -> list[Event]:
-    return [e for e in events if e["event"] == kind]
-
-
-async def history(http: httpx.AsyncClient, session: str) -> list[Event]:
-    resp = await http.get(f"/api/v1/sessions/{session}/messages")
-    assert resp.status_code == 200
-    return list(resp.json())
+    return runner_env(lfx.url, lfx.flow_ids[flow], lfx.api_key, **extra)
 
 
 @LFX_GROUP
@@ -132,18 +110,6 @@ async def test_the_flow_memory_follows_the_session(
         assert "Ada" not in other, other
 
 
-async def wait_for_reply(
-    http: httpx.AsyncClient, session: str, replies: int, timeout: float = 30.0
-) -> list[Event]:
-    """The session's history once it holds `replies` ai replies (the welcome aside)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            stored = await history(http, session)
-            if len([m for m in stored[1:] if m["role"] == "ai"]) >= replies:
-                return stored
-            await asyncio.sleep(0.05)  # poll interval of the store, bounded by the timeout
-
-
 @LFX_GROUP
 @pytest.mark.parametrize(("flow", "words"), [("failing", ""), ("failing_midway", "You said: boom")])
 async def test_a_failing_flow_is_reported_and_nothing_is_stored(
@@ -206,10 +172,10 @@ async def test_sessions_run_at_once_and_each_in_order(
             return {(s, e["reply_to"]) for _, s, e in seen if e["event"] == "run.start"}
 
         # Both sessions run (slow_chat takes about 10 s a reply) while a's second waits.
-        await asyncio.wait_for(_until(lambda: len(starts()) >= 2), 20)
+        await asyncio.wait_for(until(lambda: len(starts()) >= 2), 20)
         assert starts() == {("a", a1), ("b", b1)}
         await http.post("/api/v1/sessions/order-a/stop")
-        await asyncio.wait_for(_until(lambda: ("a", a2) in starts()), 20)
+        await asyncio.wait_for(until(lambda: ("a", a2) in starts()), 20)
         await http.post("/api/v1/sessions/order-a/stop")
         await http.post("/api/v1/sessions/order-b/stop")
         await asyncio.wait_for(asyncio.gather(*watching), 30)
@@ -220,11 +186,6 @@ async def test_sessions_run_at_once_and_each_in_order(
     first_b_start = next(i for i, (s, k, _) in enumerate(order) if s == "b" and k == "run.start")
     first_a_end = next(i for i, (s, k, _) in enumerate(order) if s == "a" and k == "run.end")
     assert first_b_start < first_a_end  # b did not wait for a
-
-
-async def _until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.02)  # re-check after the watchers ran; bounded by wait_for
 
 
 def reply_records(lfx: RunningLfx, session: str) -> list[dict[str, Any]]:
@@ -259,7 +220,7 @@ async def test_stop_mid_reply_stores_the_partial_and_cancels_the_lfx_run(
     # The request to lfx was closed, and lfx cancelled the run there.
     lfx = lfx_server
     await asyncio.wait_for(
-        _until(lambda: any(r["event"] != "start" for r in reply_records(lfx, "halt"))), 20
+        until(lambda: any(r["event"] != "start" for r in reply_records(lfx, "halt"))), 20
     )
     ended = [r["event"] for r in reply_records(lfx, "halt") if r["event"] != "start"]
     assert ended[0] in ("cancelled", "closed"), ended

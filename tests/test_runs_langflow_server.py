@@ -13,14 +13,13 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import StartApp
 from tests.langflow_support.server import LANGFLOW_TEST_TIMEOUT, RunningLangflow
+from tests.runs_support import RUN_WAIT, history, of, runner_env, say, until_run_end
 from tests.support import wait_until
 from tests.wsclient import recv, recv_until, ws_connect
 
@@ -28,9 +27,6 @@ pytest_plugins = ["tests.langflow_support.fixtures"]
 pytestmark = [pytest.mark.langflow, pytest.mark.slow, pytest.mark.timeout(LANGFLOW_TEST_TIMEOUT)]
 
 FLOWS_DIR = Path(__file__).parent / "flows"
-RUN_WAIT = 60.0  # seconds: bound of a run (the first run of a flow also builds it)
-
-Event = dict[str, Any]
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -59,42 +55,13 @@ def flows(langflow: RunningLangflow) -> Iterator[dict[str, str]]:
 
 def run_env(lf: RunningLangflow, flow_id: str, **extra: str) -> dict[str, str]:
     """A bridge that runs `flow_id` of the Langflow server for each user message."""
-    return {
-        "BRIDGE_LANGFLOW_URL": lf.url,
-        "BRIDGE_FLOW": flow_id,
-        "BRIDGE_LANGFLOW_API_KEY": lf.api_key,
-        **extra,
-    }
+    return runner_env(lf.url, flow_id, lf.api_key, **extra)
 
 
 def new_session(name: str) -> str:
     """A session id of its own: the flows' memory and Langflow's message store outlive a test
     (and a server reused through STREAMLIT_BRIDGE_LANGFLOW_DIR outlives the test session)."""
     return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-async def say(http: httpx.AsyncClient, session: str, text: str) -> int:
-    """Post a user message; its seq."""
-    resp = await http.post(
-        f"/api/v1/sessions/{session}/messages", json={"role": "user", "content": text}
-    )
-    assert resp.status_code == 200, resp.text
-    return int(resp.json()["seq"])
-
-
-async def until_run_end(ws: ClientConnection) -> list[Event]:
-    """Every event up to the next `run.end`."""
-    return await recv_until(ws, lambda e: e["event"] == "run.end", RUN_WAIT)
-
-
-def of(events: list[Event], kind: str) -> list[Event]:
-    return [e for e in events if e["event"] == kind]
-
-
-async def history(http: httpx.AsyncClient, session: str) -> list[Event]:
-    resp = await http.get(f"/api/v1/sessions/{session}/messages")
-    assert resp.status_code == 200, resp.text
-    return list(resp.json())
 
 
 def langflow_messages(lf: RunningLangflow, session: str) -> list[tuple[str, str]]:
