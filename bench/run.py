@@ -194,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "processes (root only; for a machine others keep busy)")
     parser.add_argument("--no-cluster", action="store_true",
                         help="skip the Redis cluster table (3 instances + Redis vs 1 instance)")
+    parser.add_argument("--no-runs", action="store_true",
+                        help="skip the runs table (the bridge running an lfx flow against "
+                             "calling lfx serve directly; needs the langflow extra)")
     parser.add_argument("--candidate", choices=("bridge", "reference"), default="bridge",
                         help="'reference' runs the reference against itself: checks the "
                              "harness and shows the noise floor (ratios should be ~1.0x)")
@@ -259,4 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\nRedis cluster: 3 instances + Redis against 1 instance (same Redis store)\n")
         print(render_cluster(run_cluster_bench(args.quick)))
+    if args.candidate == "bridge" and not args.only and not args.no_runs:
+        # Issue 14's table: a flow run through the bridge against lfx serve called directly.
+        from bench.runs import run_bench as run_runs_bench
+
+        print("\nRuns: the bridge running an lfx flow against calling lfx serve directly\n")
+        report = run_runs_bench(quick=args.quick)
+        print(report.render())
+        failed_runs = failed_runs or report.failed
     return 1 if failed_runs else 0

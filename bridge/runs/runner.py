@@ -39,6 +39,7 @@ __all__ = ["Runner"]
 log = logging.getLogger("bridge.runs")
 
 _ERROR_BODY_MAX = 4096  # of an HTTP error answer, read for its message
+_DRAIN_S = 1.0  # what a finished run's body may take to end before its connection is dropped
 _IDLE_WAIT_S = 3600.0  # a worker's wait for work when leases are off
 
 
@@ -75,7 +76,9 @@ class Runner:
             # The read timeout is a silence bound too: the runner's own (run_timeout_s)
             # ends the run first, with a plain-words error.
             timeout=httpx.Timeout(10.0, read=settings.run_timeout_s + 5, write=30.0),
-            limits=httpx.Limits(max_connections=settings.runs_max, max_keepalive_connections=8),
+            limits=httpx.Limits(
+                max_connections=settings.runs_max, max_keepalive_connections=settings.runs_max
+            ),
             trust_env=False,
         )
         self._workers = [
@@ -234,7 +237,8 @@ class Runner:
                         f"{kind or 'no content type'}, not an event stream"
                     )
                 limit = 6 * self._settings.max_message_bytes + 4096
-                async for data in sse_data(response.aiter_raw(), limit):
+                events = sse_data(response.aiter_raw(), limit)
+                async for data in events:
                     got = progress.feed(data)
                     if isinstance(got, Step):
                         await self._service.publish_run(
@@ -245,6 +249,13 @@ class Runner:
                         yield got
                     if progress.finished:
                         break
+                if progress.finished:
+                    # Read the body to its end (it ends right after RUN_FINISHED), so that
+                    # the connection is kept for the next run rather than closed.
+                    with contextlib.suppress(TimeoutError, httpx.HTTPError, EventTooLarge):
+                        async with asyncio.timeout(_DRAIN_S):
+                            async for _ in events:
+                                pass
         except httpx.ConnectError:
             raise RunFailed(f"The assistant is unavailable: cannot reach {source.where}") from None
         except httpx.TimeoutException:
