@@ -68,7 +68,7 @@ class Settings:
     list_limit_max: int = 10_000
     stream_idle_timeout_s: float = 60.0
     stream_max_s: float = 3600.0
-    stream_coalesce_s: float = 0.02
+    stream_coalesce_s: float = 0.01
     token_secret: str | None = None
     allow_no_key: bool = False
     # -- runs (docs/protocol.md section 7): the bridge answers user messages itself --
