@@ -1,5 +1,11 @@
 """Drawing messages with Streamlit: chat bubbles, collapsed history, the typing effect.
 
+Each message's content is drawn inside a container keyed `message_key(message)`, which
+Streamlit gives the CSS class `st-key-<key>`: `listener.js` draws every pushed message and
+stream itself the moment it arrives, and hides its own bubble as soon as an element with
+that class is in the page. A keyed container is drawn only once it has content, so the
+class appears together with the text, never before it.
+
 Image messages: `st.image` opens local files when given a string that names one (an SVG
 path comes back as its text in a data URI, `/dev/zero` is read until memory runs out).
 The bridge refuses such content for new messages, but history may come from an older
@@ -9,11 +15,14 @@ bridge's own rule (`bridge.wire.check_image_content`), and shows anything else a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 
 import streamlit as st
+from streamlit.errors import StreamlitDuplicateElementKey
 
 from bridge.wire import check_image_content
 from streamlit_client.models import Message, Template
@@ -24,6 +33,8 @@ __all__ = [
     "displayable_image",
     "draw_history",
     "draw_message",
+    "mark_prefix",
+    "message_key",
     "shown_content",
 ]
 
@@ -32,6 +43,26 @@ STOPPED_MARKER = "■ stopped"
 """Under a reply cut short by Stop (`message.stopped`); `listener.js` draws the same text
 (it gets it in its component data) in the bubble that waits for Python's."""
 _REFUSED_SHOWN_MAX = 500  # characters of refused image content shown as text
+
+
+def mark_prefix(session_id: str) -> str:
+    """The part of `message_key` that names the session: hex, so a valid CSS class."""
+    return "sbm-" + hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:12]
+
+
+def message_key(message: Message) -> str:
+    """The key of the container holding `message`'s content; `listener.js` builds the same
+    (`<mark_prefix>-<seq>`, with the prefix it gets in its component data)."""
+    return f"{mark_prefix(message.session_id)}-{message.seq}"
+
+
+def _keyed(message: Message) -> AbstractContextManager[object]:
+    try:
+        return st.container(key=message_key(message))
+    except StreamlitDuplicateElementKey:
+        # The same message twice in one run (one session in two chats on a page): the
+        # second copy goes without the key; the listener's bubble goes at the ack instead.
+        return st.container()
 
 
 def shown_content(message: Message, template: Template, welcome_seq: int | None) -> str:
@@ -71,7 +102,7 @@ def draw_message(
 
     A reply cut short by Stop carries the stopped marker under its text."""
     content = shown_content(message, template, welcome_seq)
-    with st.chat_message(message.role, avatar=template.avatar(message.role)):
+    with st.chat_message(message.role, avatar=template.avatar(message.role)), _keyed(message):
         if message.type == "image":
             _draw_image(content)
         elif typed and template.write_speed > 0:
