@@ -775,15 +775,14 @@ class Listener {
     reply.renderTimer = setTimeout(() => this.renderReply(reply, true), wait);
   }
 
-  // A stream of a run takes over the run's working bubble (the tokens replace the
-  // indicator in place); any other stream gets a bubble of its own.
+  // A stream of a run takes over the run's working bubble: the indicator stays until the
+  // first token replaces it in place (the runner opens the stream before the flow has
+  // answered, often a second or more earlier); any other stream gets a bubble of its own.
   streamStart(frame) {
     if (this.streams.has(frame.stream_id)) return this.streams.get(frame.stream_id);
     const run = frame.run_id ? this.runs.get(frame.run_id) : undefined;
     if (run && run.reply && run.streamId === null) {
       run.streamId = frame.stream_id;
-      run.reply.thinking.hidden = true;
-      run.reply.bubble.classList.remove("sb-run");
       return this.adoptStream(frame.stream_id, run.reply);
     }
     const reply = this.streamBubble(frame.stream_id, frame.role);
@@ -810,6 +809,11 @@ class Listener {
 
   streamDelta(frame) {
     const stream = this.streamBubble(frame.stream_id, frame.role || "ai");
+    if (frame.delta && !stream.thinking.hidden) {
+      // The first token: the working indicator gives way to the text.
+      stream.thinking.hidden = true;
+      stream.bubble.classList.remove("sb-run");
+    }
     stream.raw += frame.delta || "";
     this.renderReply(stream, false);
   }

@@ -13,8 +13,8 @@ of the real `lfx serve` of tests/flows (`lfx_server`) for every user message, a 
 own, and a message typed in the page. `slow_chat`: the working indicator before the first
 token in both tabs, the tokens in both, Stop in one tab ends the reply in both (stored
 partial and marked, the run cancelled in lfx). Langflow unreachable: the error note in plain
-words, and the user's message stays. A strict xfail pins a known defect of listener.js (see
-its reason). Screenshots go to /tmp/runs-real-*.png.
+words, and the user's message stays. The indicator stays until the first token (the runner
+opens the reply's stream before the flow has answered). Screenshots go to /tmp/runs-real-*.png.
 """
 
 from __future__ import annotations
@@ -459,14 +459,6 @@ def test_typed_message_shows_the_indicator_then_tokens_and_stop_cancels_the_lfx_
 
 
 @LFX_GROUP
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "listener.js hides a run's indicator at `stream.start`, which the runner sends before "
-        "it has read anything from lfx: until the first token the reply is an empty bubble "
-        "with a Stop button and no 'Thinking…' (the indicator is never painted)"
-    ),
-)
 def test_the_indicator_stays_until_the_first_token(
     context: BrowserContext, slow_chat: RunnerChat, session_id: str
 ) -> None:
