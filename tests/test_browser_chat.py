@@ -368,17 +368,17 @@ def test_screenshot_of_a_conversation(
     gate = threading.Event()
 
     def chunks() -> Iterator[str]:
-        yield "Here it comes, chunk by chunk, drawn by the page "
-        yield "as the bridge relays each piece"
+        yield "### Here it comes\n\nChunk by chunk, **rendered as it grows**:\n\n"
+        yield "1. the bridge relays each piece\n2. the page draws it as `markdown`\n"
         gate.wait(10)
-        yield "; once complete it is stored as one message."
+        yield "3. once complete it is stored as one message."
 
     streamer = threading.Thread(target=api.stream_reply, args=(session_id, chunks()))
     streamer.start()
     try:
-        expect(tab.locator(".sb-stream-text")).to_have_text(
-            "Here it comes, chunk by chunk, drawn by the page as the bridge relays each piece",
-        )
+        stream_text = tab.locator(".sb-stream-text")
+        expect(stream_text).to_contain_text("the page draws it as markdown")
+        expect(stream_text.locator("strong")).to_have_text("rendered as it grows")
         png = tab.screenshot(path=str(screenshot))
     finally:
         gate.set()
