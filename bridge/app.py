@@ -106,9 +106,11 @@ async def _bridge_error(request: Request, exc: Exception) -> Response:
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
     if exc.status >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc.detail)
-    if request.url.path.endswith("/messages/stream"):
-        # The streamed body may still be coming: close after the answer, so that a
-        # producer that only reads once it has sent everything fails at its next write.
+    if exc.ends_upload:
+        # The streamed body may still be coming and is of no use: close after the answer,
+        # so that a producer that reads only once it has sent everything fails at its
+        # next write. (Not for 413/422/408: uvicorn reads the rest and the sender gets
+        # its answer; closing with unread data would reset the connection first.)
         headers = {**(headers or {}), "connection": "close"}
     return json_response({"detail": exc.detail}, exc.status, headers)
 

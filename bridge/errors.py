@@ -27,6 +27,7 @@ __all__ = [
     "PayloadTooLarge",
     "QuotaExceeded",
     "RateLimited",
+    "SessionDeleted",
     "StorageUnavailable",
     "TimedOut",
     "Unauthorized",
@@ -38,6 +39,9 @@ class BridgeError(Exception):
 
     status: int = 500
     close_code: int = 1011
+    # True when the rest of a request's body is of no use (a streamed reply ended by the
+    # bridge): the answer closes the connection, so that a sender still writing stops.
+    ends_upload: bool = False
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -70,6 +74,12 @@ class NotFound(BridgeError):
 
     status = 404
     close_code = 4004
+
+
+class SessionDeleted(NotFound):
+    """The session was deleted while a reply streamed into it."""
+
+    ends_upload = True
 
 
 class Unauthorized(BridgeError):

@@ -28,6 +28,7 @@ from bridge.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    SessionDeleted,
     TimedOut,
 )
 from bridge.events import ALL_SESSIONS, Event
@@ -461,7 +462,7 @@ class BridgeService:
                 )
                 now = loop.time()
                 if stop.done() and stop.result() == "reset":
-                    raise NotFound(f"session {session_id!r} was deleted during the reply")
+                    raise SessionDeleted(f"session {session_id!r} was deleted during the reply")
                 if reading not in done and stop.done():
                     stopped = True
                     break

@@ -166,6 +166,8 @@ async def test_stop_ends_only_its_own_session(app_bridge: InProcessBridge) -> No
         delta = await recv_until(watcher, lambda e: e["event"] == "stream.delta")
         assert delta[-1]["delta"] == " goes on"
         await http.post("/api/v1/sessions/s-other/stop")
+        # The stop is on its way when the POST returns: the reply is stored at stream.end.
+        await recv_until(watcher, lambda e: e["event"] == "stream.end")
         await answered(posts[1], other)
         history = (await http.get("/api/v1/sessions/s-other/messages")).json()
         assert history[-1]["content"] == "other goes on" and history[-1]["stopped"] is True
