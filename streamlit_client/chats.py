@@ -374,8 +374,11 @@ class _View:
 def current_title(state: ChatState) -> tuple[bool, str | None]:
     """(known, words) of the current chat, from what the tab loaded: known only if the
     tab loaded the chat's start."""
-    if state.base > 0:
-        return False, None  # its first messages were never loaded
+    if state.base > 0 or not state.messages:
+        # Its first messages were never loaded, or nothing is loaded yet (a chat just
+        # switched to, drawn before its history arrived): read it like any other chat,
+        # rather than remember "no user message" for it.
+        return False, None
     # Every message the tab knows, not only those drawn yet: a message just typed is in.
     first = next(
         (state.messages[s] for s in sorted(state.messages) if state.messages[s].role == "user"),
