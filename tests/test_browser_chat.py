@@ -15,91 +15,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, Page, expect
 
 from streamlit_client.client import BridgeClient
 from streamlit_client.models import Template
-from tests.browser_support import RunningPage, launch_chromium
-from tests.support import ROOT, RunningBridge, bridge_env, free_port
+from tests.browser_support import RunningPage, open_chat
+from tests.support import ROOT, RunningBridge, free_port
 
 StartBridge = Callable[..., RunningBridge]
 
+pytest_plugins = ["tests.browser_support"]
 pytestmark = pytest.mark.browser
 
 README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
 MESSAGES = '[data-testid="stChatMessageContent"]'
-TIMEOUT_MS = 10_000
 ANYTHING = re.compile(r".*", re.S)
-
-
-@pytest.fixture(scope="module")
-def page_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def shared_bridge(
-    tmp_path_factory: pytest.TempPathFactory,
-    page_port: int,
-) -> Iterator[RunningBridge]:
-    tmp = tmp_path_factory.mktemp("bridge")
-    running = RunningBridge(
-        port=free_port(),
-        store=f"sqlite:///{tmp / 'bridge.db'}",
-        env=bridge_env(BRIDGE_ALLOWED_ORIGINS=f"http://127.0.0.1:{page_port}"),
-        log_path=tmp / "bridge.log",
-    )
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def chat_page(
-    shared_bridge: RunningBridge,
-    page_port: int,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[RunningPage]:
-    log = tmp_path_factory.mktemp("page") / "streamlit.log"
-    page = RunningPage(port=page_port, bridge_url=shared_bridge.url, log_path=log).start()
-    yield page
-    page.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1000, "height": 800})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def api(shared_bridge: RunningBridge) -> Iterator[BridgeClient]:
-    with BridgeClient(shared_bridge.url) as client:
-        yield client
-
-
-@pytest.fixture
-def session_id() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
-def open_chat(context: BrowserContext, chat_page: RunningPage, session_id: str) -> Page:
-    """A tab on the session's page, once its WebSocket is open."""
-    tab = context.new_page()
-    tab.goto(chat_page.session_url(session_id))
-    expect(tab.locator('.sb-listener[data-status="open"]')).to_have_count(1)
-    return tab
 
 
 def shown(tab: Page) -> list[str]:

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import select
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -36,15 +34,15 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import BrowserContext, Page, expect
 
 from streamlit_client.client import BridgeClient, session_path
 from streamlit_client.render import STOPPED_MARKER
-from tests.browser_support import RunningPage, launch_chromium
+from tests.browser_support import RunningPage, open_chat, screenshot_folder
 from tests.lfx_support import LFX_GROUP, RunningLfx
 from tests.support import RunningBridge, bridge_env, free_port, wait_until
 
-pytest_plugins = ["tests.lfx_support"]
+pytest_plugins = ["tests.lfx_support", "tests.browser_support"]
 pytestmark = pytest.mark.browser
 
 MESSAGES = '[data-testid="stChatMessageContent"]'
@@ -54,71 +52,15 @@ CHUNK_PACE_S = 0.1  # between chunks, unless the answer comes first
 CHUNKS = [f"w{i:03d} " for i in range(300)]  # 30 s of reply at that pace: never all sent
 
 
-@pytest.fixture(scope="module")
-def page_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def shared_bridge(
-    tmp_path_factory: pytest.TempPathFactory, page_port: int
-) -> Iterator[RunningBridge]:
-    tmp = tmp_path_factory.mktemp("bridge")
-    running = RunningBridge(
-        port=free_port(),
-        store=f"sqlite:///{tmp / 'bridge.db'}",
-        env=bridge_env(BRIDGE_ALLOWED_ORIGINS=f"http://127.0.0.1:{page_port}"),
-        log_path=tmp / "bridge.log",
-    )
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def chat_page(
-    shared_bridge: RunningBridge, page_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPage]:
-    log = tmp_path_factory.mktemp("page") / "streamlit.log"
-    page = RunningPage(port=page_port, bridge_url=shared_bridge.url, log_path=log).start()
-    yield page
-    page.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1000, "height": 800})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def api(shared_bridge: RunningBridge) -> Iterator[BridgeClient]:
-    with BridgeClient(shared_bridge.url) as client:
-        yield client
-
-
-@pytest.fixture
-def session_id() -> str:
-    return f"r-{uuid.uuid4().hex[:12]}"
+def session_prefix() -> str:
+    return "r-"
 
 
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
     """Where the tests write their screenshots: `RUNS_SCREENSHOT_DIR`, else tmp_path."""
-    folder = Path(os.environ.get("RUNS_SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshot_folder("RUNS_SCREENSHOT_DIR", tmp_path)
 
 
 class SlowProducer(threading.Thread):
@@ -170,16 +112,6 @@ class SlowProducer(threading.Thread):
         assert self.failure is None, self.failure
         assert self.status == 200, (self.status, self.answer)
         return self.answer
-
-
-def open_chat(
-    context: BrowserContext, chat_page: RunningPage, session_id: str, timeout_ms: int = TIMEOUT_MS
-) -> Page:
-    """A tab on the session's page, once its WebSocket is open."""
-    tab = context.new_page()
-    tab.goto(chat_page.session_url(session_id), timeout=timeout_ms)
-    expect(tab.locator('.sb-listener[data-status="open"]')).to_have_count(1, timeout=timeout_ms)
-    return tab
 
 
 def stopped_reply(content: str) -> re.Pattern[str]:

@@ -9,7 +9,6 @@ under the test's tmp_path.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, expect
 
 from streamlit_client.chats import (
     MAX_CHATS,
@@ -35,11 +34,12 @@ from streamlit_client.client import BridgeClient
 from streamlit_client.config import carries_prefix, new_session_id, user_prefix
 from streamlit_client.launcher import chat_command
 from tests import browser_support
-from tests.browser_support import RunningPage, launch_chromium
-from tests.support import RunningBridge, bridge_env, free_port
+from tests.browser_support import RunningPage, screenshot_folder
+from tests.support import RunningBridge, free_port
 
 StartBridge = Callable[..., RunningBridge]
 
+pytest_plugins = ["tests.browser_support"]
 browser_test = pytest.mark.browser
 
 MESSAGES = '[data-testid="stChatMessageContent"]'
@@ -51,64 +51,14 @@ HOSTILE = '<img src=x onerror="window.__pwned=1"> **bold** [link](javascript:ale
 
 
 @pytest.fixture(scope="module")
-def page_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def bridge(tmp_path_factory: pytest.TempPathFactory, page_port: int) -> Iterator[RunningBridge]:
-    tmp = tmp_path_factory.mktemp("bridge")
-    running = RunningBridge(
-        port=free_port(),
-        store=f"sqlite:///{tmp / 'bridge.db'}",
-        env=bridge_env(BRIDGE_ALLOWED_ORIGINS=f"http://127.0.0.1:{page_port}"),
-        log_path=tmp / "bridge.log",
-    )
-    running.start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def chat_page(
-    bridge: RunningBridge, page_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPage]:
-    log = tmp_path_factory.mktemp("page") / "streamlit.log"
-    page = RunningPage(port=page_port, bridge_url=bridge.url, log_path=log).start()
-    yield page
-    page.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    # A fresh context per test: its own localStorage, so its own list of chats.
-    ctx = browser.new_context(viewport={"width": 1200, "height": 800})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def api(bridge: RunningBridge) -> Iterator[BridgeClient]:
-    with BridgeClient(bridge.url) as client:
-        yield client
+def viewport_size() -> ViewportSize:
+    # Each test's fresh context has its own localStorage, so its own list of chats.
+    return {"width": 1200, "height": 800}
 
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    where = os.environ.get("CHROME_SCREENSHOT_DIR")
-    folder = Path(where) if where else tmp_path
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshot_folder("CHROME_SCREENSHOT_DIR", tmp_path)
 
 
 def session_of(tab: Page) -> str:
@@ -252,7 +202,7 @@ def test_what_storage_holds_is_checked_before_it_is_shown(
 @browser_test
 def test_an_embedded_chat_without_title_or_sidebar(
     context: BrowserContext,
-    bridge: RunningBridge,
+    shared_bridge: RunningBridge,
     tmp_path: Path,
 ) -> None:
     script = tmp_path / "embedded.py"
@@ -264,7 +214,7 @@ def test_an_embedded_chat_without_title_or_sidebar(
     )
     port = free_port()
     page = RunningPage(
-        port=port, bridge_url=bridge.url, log_path=tmp_path / "streamlit.log", script=script
+        port=port, bridge_url=shared_bridge.url, log_path=tmp_path / "streamlit.log", script=script
     )
     # This page's origin is not among the bridge's allowed ones: the socket is refused,
     # which is beside the point here (nothing of the chrome is drawn either way).
@@ -284,24 +234,24 @@ def test_an_embedded_chat_without_title_or_sidebar(
 
 @browser_test
 def test_the_connection_state_follows_the_bridge(
-    context: BrowserContext, chat_page: RunningPage, bridge: RunningBridge
+    context: BrowserContext, chat_page: RunningPage, shared_bridge: RunningBridge
 ) -> None:
     tab = open_page(context, chat_page.session_url(f"t-{uuid.uuid4().hex[:12]}"))
     state = tab.locator(".sb-chats-state")
     expect(state).to_have_text("Connected")
     expect(state).to_have_attribute("data-state", "ok")
-    bridge.stop()
+    shared_bridge.stop()
     try:
         expect(state).not_to_have_attribute("data-state", "ok")
     finally:
-        bridge.start()
+        shared_bridge.start()
     expect(state).to_have_attribute("data-state", "ok")
 
 
 @browser_test
 def test_the_sidebar_follows_the_dark_theme(
     browser: Browser,
-    bridge: RunningBridge,
+    shared_bridge: RunningBridge,
     api: BridgeClient,
     shots: Path,
     tmp_path: Path,
@@ -313,7 +263,9 @@ def test_the_sidebar_follows_the_dark_theme(
 
     monkeypatch.setattr(browser_support, "chat_command", dark)
     port = free_port()
-    page = RunningPage(port=port, bridge_url=bridge.url, log_path=tmp_path / "dark.log").start()
+    page = RunningPage(
+        port=port, bridge_url=shared_bridge.url, log_path=tmp_path / "dark.log"
+    ).start()
     ctx = browser.new_context(viewport={"width": 1200, "height": 800})
     ctx.set_default_timeout(TIMEOUT_MS)
     try:

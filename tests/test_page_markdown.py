@@ -13,7 +13,6 @@ theme serves the theme test. Screenshots of a reply mid-stream, light and dark, 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 import threading
@@ -23,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, expect
 
 from streamlit_client.client import BridgeClient
 from streamlit_client.launcher import chat_command, chat_env
-from tests.browser_support import RunningPage, launch_chromium
-from tests.support import ROOT, RunningBridge, bridge_env, free_port, wait_until
+from tests.browser_support import RunningPage, open_chat, screenshot_folder, start_page_bridge
+from tests.support import ROOT, RunningBridge, free_port, wait_until
 
+pytest_plugins = ["tests.browser_support"]
 pytestmark = pytest.mark.browser
 
 TIMEOUT_MS = 15_000
-OPEN = '.sb-listener[data-status="open"]'
 MESSAGES = '[data-testid="stChatMessageContent"]'
 SWAP_JUMP_MAX_PX = 8.0
 VENDOR = ROOT / "streamlit_client" / "vendor"
@@ -156,85 +155,39 @@ class DarkPage(RunningPage):
 
 
 @pytest.fixture(scope="module")
-def page_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
 def dark_port() -> int:
     return free_port()
 
 
 @pytest.fixture(scope="module")
-def bridge(
+def shared_bridge(
     tmp_path_factory: pytest.TempPathFactory, page_port: int, dark_port: int
 ) -> Iterator[RunningBridge]:
-    tmp = tmp_path_factory.mktemp("bridge")
-    origins = f"http://127.0.0.1:{page_port},http://127.0.0.1:{dark_port}"
-    running = RunningBridge(
-        port=free_port(),
-        store="memory://",
-        env=bridge_env(BRIDGE_ALLOWED_ORIGINS=origins),
-        log_path=tmp / "bridge.log",
-    )
-    running.start()
-    with BridgeClient(running.url) as client:
-        # Messages appear whole: the typing effect is a test of its own (test_browser_chat).
-        client.set_template(client.template(), write_speed=0.0)
-    yield running
-    running.stop()
+    with start_page_bridge(tmp_path_factory, page_port, dark_port, store="memory://") as running:
+        with BridgeClient(running.url) as client:
+            # Messages appear whole: the typing effect is a test of its own (test_browser_chat).
+            client.set_template(client.template(), write_speed=0.0)
+        yield running
 
 
 @pytest.fixture(scope="module")
-def chat_page(
-    bridge: RunningBridge, page_port: int, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningPage]:
-    log = tmp_path_factory.mktemp("page") / "streamlit.log"
-    page = RunningPage(port=page_port, bridge_url=bridge.url, log_path=log).start()
-    yield page
-    page.stop()
+def browser_timeout_ms() -> int:
+    return TIMEOUT_MS
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+def viewport_size() -> ViewportSize:
+    return {"width": 1000, "height": 900}
 
 
 @pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context(viewport={"width": 1000, "height": 900})
-    ctx.set_default_timeout(TIMEOUT_MS)
-    yield ctx
-    ctx.close()
-
-
-@pytest.fixture
-def api(bridge: RunningBridge) -> Iterator[BridgeClient]:
-    with BridgeClient(bridge.url) as client:
-        yield client
-
-
-@pytest.fixture
-def session_id() -> str:
-    return f"md-{uuid.uuid4().hex[:12]}"
+def session_prefix() -> str:
+    return "md-"
 
 
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("MD_SCREENSHOT_DIR") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def open_chat(context: BrowserContext, page: RunningPage, session_id: str) -> Page:
-    tab = context.new_page()
-    tab.goto(page.session_url(session_id))
-    expect(tab.locator(OPEN)).to_have_count(1)
-    return tab
+    return screenshot_folder("MD_SCREENSHOT_DIR", tmp_path)
 
 
 class GatedStream(threading.Thread):
@@ -632,13 +585,15 @@ def screenshot_mid_stream(
 def test_the_bubbles_follow_streamlits_light_and_dark_theme(
     browser: Browser,
     chat_page: RunningPage,
-    bridge: RunningBridge,
+    shared_bridge: RunningBridge,
     dark_port: int,
     api: BridgeClient,
     screenshots: Path,
     tmp_path: Path,
 ) -> None:
-    dark_page = DarkPage(port=dark_port, bridge_url=bridge.url, log_path=tmp_path / "dark.log")
+    dark_page = DarkPage(
+        port=dark_port, bridge_url=shared_bridge.url, log_path=tmp_path / "dark.log"
+    )
     dark_page.start()
     try:
         found = {}
