@@ -95,7 +95,7 @@ def build_app(token_delay: float = 0.0) -> Any:
         words = reply.split(" ")
         for i, word in enumerate(words):
             if token_delay:
-                await asyncio.sleep(token_delay)
+                await asyncio.sleep(token_delay)  # wait-ok: a slow model is under test
             yield word if i == len(words) - 1 else word + " "
 
     agent = Agent(FunctionModel(stream_function=stream), deps_type=Seen)

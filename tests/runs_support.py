@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection
 
-from tests.wsclient import recv_until
+from bridge.wire import WELCOME_ID
+from tests.wsclient import recv_until, ws_connect
 
 Event = dict[str, Any]
 RUN_WAIT = 60.0  # bound of a wait for one run's events (a loaded machine, a cold server)
@@ -52,19 +51,17 @@ async def history(http: httpx.AsyncClient, session: str) -> list[Event]:
 
 
 async def wait_for_reply(
-    http: httpx.AsyncClient, session: str, replies: int, timeout: float = RUN_WAIT
+    http: httpx.AsyncClient, ws_url: str, session: str, replies: int, timeout: float = RUN_WAIT
 ) -> list[Event]:
-    """The session's history once it holds `replies` ai replies (the welcome aside)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            stored = await history(http, session)
-            if len([m for m in stored[1:] if m["role"] == "ai"]) >= replies:
-                return stored
-            await asyncio.sleep(0.05)  # poll interval of the store, bounded by the timeout
-
-
-async def until(predicate: Callable[[], bool], timeout: float = RUN_WAIT) -> None:
-    """Return once `predicate()` holds (checked every 20 ms), or TimeoutError."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)  # re-check after other tasks ran; bounded above
+    """The session's history once it holds `replies` ai replies (the welcome aside): a
+    socket on the session replays what is stored and pushes what comes, so this waits on
+    the messages themselves."""
+    async with ws_connect(ws_url, session) as ws:
+        count = 0
+        while count < replies:
+            events = await recv_until(
+                ws, lambda e: e["event"] in ("message", "stream.end"), timeout
+            )
+            message = events[-1]["message"]
+            count += message["role"] == "ai" and message["id"] != WELCOME_ID
+    return await history(http, session)

@@ -257,12 +257,17 @@ async def test_server_send_writes_frames_in_order_and_waits_while_paused() -> No
 
     texts = ["hello", "é" * 200, "x" * 70_000]
     go = asyncio.Event()
+    accepted = asyncio.Event()
+    sending = asyncio.Event()
     sent = asyncio.Event()
 
     async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
         assert callable(send)
         await send({"type": "websocket.accept"})
+        accepted.set()
         await go.wait()
+        # The test runs again only once this task waits: inside the next send, at the gate.
+        sending.set()
         await send({"type": "websocket.send", "text": texts[0]})
         await send({"type": "websocket.send", "bytes": b"\x00\x01"})
         for text in texts[1:]:
@@ -281,13 +286,13 @@ async def test_server_send_writes_frames_in_order_and_waits_while_paused() -> No
         b"Sec-WebSocket-Version: 13\r\n\r\n"
     )
     async with asyncio.timeout(5):
-        while b"\r\n\r\n" not in transport.data:
-            await asyncio.sleep(0)  # poll: the handshake answer is written by the app's task
+        await accepted.wait()
+    assert b"\r\n\r\n" in transport.data  # the handshake answer
     handshake = len(transport.data)
     protocol.pause_writing()
     go.set()
-    for _ in range(20):
-        await asyncio.sleep(0)  # let the app run up to the paused gate
+    async with asyncio.timeout(5):
+        await sending.wait()
     assert len(transport.data) == handshake and not sent.is_set()
     protocol.resume_writing()
     async with asyncio.timeout(5):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,10 +25,10 @@ from tests.runs_support import (
     of,
     runner_env,
     say,
-    until,
     until_run_end,
     wait_for_reply,
 )
+from tests.support import wait_until
 from tests.wsclient import recv, recv_until, ws_connect
 
 pytest_plugins = ["tests.lfx_support"]
@@ -105,7 +106,7 @@ async def test_the_flow_memory_follows_the_session(
         assert "my name is Ada" in second, second
         # Another session's flow memory is its own.
         await say(http, "mem-b", "hello")
-        await wait_for_reply(http, "mem-b", 1)
+        await wait_for_reply(http, app.ws_url, "mem-b", 1)
         other = (await history(http, "mem-b"))[-1]["content"]
         assert "Ada" not in other, other
 
@@ -147,14 +148,21 @@ async def test_sessions_run_at_once_and_each_in_order(
     """Two sessions' runs overlap; one session's second message waits for its first."""
     app = start_app(env=run_env(lfx_server, "slow_chat"))
     seen: list[tuple[float, str, Event]] = []
+    changed = asyncio.Condition()  # notified at each run event the watchers record
 
     async def watch(ws: ClientConnection, session: str, runs: int) -> None:
         ends = 0
         while ends < runs:
             event = await recv(ws, 30)
             if event["event"].startswith("run."):
-                seen.append((time.monotonic(), session, event))
+                async with changed:
+                    seen.append((time.monotonic(), session, event))
+                    changed.notify_all()
                 ends += event["event"] == "run.end"
+
+    async def until_seen(predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(20), changed:
+            await changed.wait_for(predicate)
 
     async with (
         httpx.AsyncClient(base_url=app.url, timeout=30) as http,
@@ -172,10 +180,10 @@ async def test_sessions_run_at_once_and_each_in_order(
             return {(s, e["reply_to"]) for _, s, e in seen if e["event"] == "run.start"}
 
         # Both sessions run (slow_chat takes about 10 s a reply) while a's second waits.
-        await asyncio.wait_for(until(lambda: len(starts()) >= 2), 20)
+        await until_seen(lambda: len(starts()) >= 2)
         assert starts() == {("a", a1), ("b", b1)}
         await http.post("/api/v1/sessions/order-a/stop")
-        await asyncio.wait_for(until(lambda: ("a", a2) in starts()), 20)
+        await until_seen(lambda: ("a", a2) in starts())
         await http.post("/api/v1/sessions/order-a/stop")
         await http.post("/api/v1/sessions/order-b/stop")
         await asyncio.wait_for(asyncio.gather(*watching), 30)
@@ -219,8 +227,11 @@ async def test_stop_mid_reply_stores_the_partial_and_cancels_the_lfx_run(
         assert (await history(http, "halt"))[-1] == end
     # The request to lfx was closed, and lfx cancelled the run there.
     lfx = lfx_server
-    await asyncio.wait_for(
-        until(lambda: any(r["event"] != "start" for r in reply_records(lfx, "halt"))), 20
+    await asyncio.to_thread(  # lfx writes its trace file; nothing announces it
+        wait_until,
+        lambda: any(r["event"] != "start" for r in reply_records(lfx, "halt")),
+        20,
+        "the lfx trace of the stopped reply",
     )
     ended = [r["event"] for r in reply_records(lfx, "halt") if r["event"] != "start"]
     assert ended[0] in ("cancelled", "closed"), ended
@@ -311,14 +322,14 @@ async def test_kill_9_mid_run_the_message_is_answered_once_after_restart(
             await recv_until(ws, lambda e: e["event"] == "stream.delta", 20)  # mid-run
             bridge.kill()
         bridge.start()  # the same SQLite file: the message's lease runs out, it runs again
-        stored = await wait_for_reply(http, "crash", 1, timeout=60)
+        stored = await wait_for_reply(http, bridge.ws_url, "crash", 1, timeout=60)
         reply = stored[-1]
         assert reply["role"] == "ai" and "stopped" not in reply
         assert reply["content"].startswith("You said: survive this 1 2 3")
         assert reply["content"].endswith(" 199 200")
         # Answered once: the next message is answered after it, and nothing else was.
         await say(http, "crash", "and then")
-        stored = await wait_for_reply(http, "crash", 2, timeout=60)
+        stored = await wait_for_reply(http, bridge.ws_url, "crash", 2, timeout=60)
         assert [(m["role"], m["content"].split(" 1 ")[0]) for m in stored[1:]] == [
             ("user", "survive this"),
             ("ai", "You said: survive this"),
@@ -351,7 +362,7 @@ async def test_two_instances_on_redis_run_each_message_once(
                     )
                 )
             for n, session in enumerate(sessions):
-                stored = await wait_for_reply(one, session, 3, timeout=60)
+                stored = await wait_for_reply(one, bridges[0].ws_url, session, 3, timeout=60)
                 replies = [m["content"] for m in stored if m["role"] == "ai"][1:]
                 assert replies == [f"You said: m{turn} of {n}" for turn in range(3)]
         starts = [
@@ -396,7 +407,7 @@ async def test_messages_stored_while_no_runner_ran_or_cut_by_a_restart_are_answe
             await recv_until(ws, lambda e: e["event"] == "stream.delta", 30)
         runner.stop()
         runner.start()
-        stored = await wait_for_reply(http, "later", 1, timeout=60)
+        stored = await wait_for_reply(http, runner.ws_url, "later", 1, timeout=60)
     assert [(m["role"], m["content"][:32]) for m in stored[1:]] == [
         ("user", "answer me when you can"),
         ("ai", "You said: answer me when you can"),

@@ -106,7 +106,7 @@ class ScriptedChatModel(BaseChatModel):
             for index, chunk in enumerate(chunks):
                 self._check_fail(sent, text)
                 if index >= len(chunks) - self.extra_tokens and delay > 0:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(delay)  # wait-ok: a slow model is what is tested
                 yield ChatGenerationChunk(message=AIMessageChunk(content=chunk))
                 sent += 1
             self._check_fail(sent, text)
