@@ -52,27 +52,19 @@ class Runner:
         source: RunSource,
         settings: Settings,
         metrics: Metrics,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._service = service
         self._metrics = metrics
         self._source = source
         self._settings = settings
-        self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
-
-    @property
-    def active(self) -> bool:
-        """True while the workers run."""
-        return bool(self._workers) and not self._stopping
 
     async def start(self) -> None:
         """Open the HTTP client and start `runs_max` workers."""
         settings = self._settings
         self._client = httpx.AsyncClient(
-            transport=self._transport,
             # The read timeout is a silence bound too: the runner's own (run_timeout_s)
             # ends the run first, with a plain-words error.
             timeout=httpx.Timeout(10.0, read=settings.run_timeout_s + 5, write=30.0),
